@@ -1,0 +1,35 @@
+"""Registry of editing methods: name -> the module and class that implement it.
+
+Modules are imported on first use, so a job that only re-encodes never imports diffusers.
+Add a method by writing ``stages/edit/<name>.py`` with an :class:`~stages.edit.base.EditStage`
+subclass and one line in ``_METHODS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from stages.edit.base import EditStage
+
+_METHODS: dict[str, str] = {
+    "reencode": "stages.edit.reencode:ReencodeStage",
+    "atlas_edit": "stages.edit.atlas_edit:AtlasEditStage",
+    "tune_a_video": "stages.edit.tune_a_video:TuneAVideoStage",
+}
+
+
+class UnknownMethodError(ValueError):
+    """A row or config names a method that is not registered."""
+
+
+def method_names() -> list[str]:
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> type[EditStage]:
+    """The EditStage class of method ``name``; raises UnknownMethodError."""
+    target = _METHODS.get(name)
+    if target is None:
+        raise UnknownMethodError(f"unknown method {name!r} (known: {', '.join(method_names())})")
+    module_name, class_name = target.split(":")
+    return getattr(importlib.import_module(module_name), class_name)
