@@ -25,6 +25,15 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 MAX_ID_LENGTH = 96
 
 
+def _default_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _default_file_mode()
+
+
 @dataclass(frozen=True)
 class StorageOptions:
     """Credentials and endpoint for object stores.
@@ -123,6 +132,7 @@ def write_bytes(url: str, data: bytes, options: StorageOptions | None = None) ->
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
+            os.chmod(tmp, _FILE_MODE)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
