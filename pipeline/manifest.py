@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 INPUT_SCHEMA_VERSION = 1
 OUTPUT_SCHEMA_VERSION = 1
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif")
+MANIFEST_EXTENSIONS = (".parquet", ".pq", ".csv", ".jsonl", ".ndjson", ".json")
 INPUT_FIELDS = ("video_uri", "video_id", "method", "prompt", "source_prompt", "mask_uri", "params")
 
 
@@ -119,14 +120,15 @@ def read_input(url: str, *, method: str | None = None, options: StorageOptions |
     Every value is a string or None (``params`` dicts are JSON-encoded). Glob inputs get
     ``source_fingerprint`` (size + ETag/mtime) so a replaced file becomes a new job.
     """
-    if storage.is_glob(url) or not url.lower().endswith(
-            (".parquet", ".pq", ".csv", ".jsonl", ".ndjson", ".json")):
+    if not url.lower().endswith(MANIFEST_EXTENSIONS):
+        fs, path = storage.get_fs(url, options)
+        if not (storage.is_glob(url) or fs.isdir(path) or url.lower().endswith(VIDEO_EXTENSIONS)):
+            raise ManifestError(f"unsupported manifest {url!r}: use .parquet, .csv or .jsonl, "
+                                "a folder or a glob of videos")
         files = [u for u in storage.list_files(url, options) if u.lower().endswith(VIDEO_EXTENSIONS)]
-        rows = []
-        for uri in files:
-            rows.append({"video_uri": uri, "method": method,
-                         "source_fingerprint": storage.file_fingerprint(uri, options)})
-        log.info("glob %s matched %d videos", url, len(rows))
+        rows = [{"video_uri": uri, "method": method, "source_fingerprint": storage.file_fingerprint(uri, options)}
+                for uri in files]
+        log.info("%s matched %d videos", url, len(rows))
         return rows
     frame = _read_table(url, options)
     missing = [c for c in required if c not in frame.columns]

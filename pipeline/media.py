@@ -200,7 +200,7 @@ def decode(path: str, opts: DecodeOptions = DecodeOptions()) -> tuple[np.ndarray
                 index += 1
         except av.FFmpegError as exc:
             if not frames:
-                raise VideoDecodeError(f"decoding failed before any frame: {exc}") from exc
+                raise VideoDecodeError(f"no decodable frames (decoder error: {exc})") from exc
             log.warning("decode of %s stopped early after %d frames: %s", path, len(frames), exc)
     if not frames:
         raise VideoDecodeError("no decodable frames")

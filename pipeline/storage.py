@@ -181,13 +181,15 @@ def list_files(url_or_glob: str, options: StorageOptions | None = None) -> list[
     else:
         found = [path] if fs.exists(path) else []
     found = [p for p in found if not fs.isdir(p)]
-    return sorted(_with_protocol(p, protocol) for p in found)
-
-
-def _with_protocol(path: str, protocol: str) -> str:
     if protocol == "file":
-        return path
-    return f"{protocol}://{path}"
+        return sorted(found)
+    return sorted(_unstrip(fs, p, protocol) for p in found)
+
+
+def _unstrip(fs: fsspec.AbstractFileSystem, path: str, protocol: str) -> str:
+    if protocol == "memory":
+        return f"memory://{path.lstrip('/')}"
+    return fs.unstrip_protocol(path)
 
 
 def file_fingerprint(url: str, options: StorageOptions | None = None) -> str:
