@@ -93,11 +93,12 @@ def preflight_stages(stages: list[Stage]) -> None:
 
 def execute(rows: list[dict], inline: list[Stage], specs: list[runner.StageSpec], context: RunContext,
             store: ManifestStore, run_cfg: RunConfig, *, dry_run: bool = False, title: str = "vidflow run",
-            ray_init: Callable[[], None] | None = None) -> int:
+            ray_init: Callable[[], None] | None = None, keep_arrays: tuple[str, ...] = ()) -> int:
     """Run a job over ``rows``; returns the process exit code.
 
     ``inline`` stages (cheap checks such as validation) run in the driver before Ray;
-    ``specs`` run on Ray Data. Raises PreflightError before any work when the set-up is bad.
+    ``specs`` run on Ray Data; array row values named in ``keep_arrays`` reach ``store``.
+    Raises PreflightError before any work when the set-up is bad.
     """
     built = [spec.build(context) for spec in specs]
     preflight_stages(inline + built)
@@ -137,7 +138,7 @@ def execute(rows: list[dict], inline: list[Stage], specs: list[runner.StageSpec]
     if direct:
         finish(direct)
     result = runner.run(work, specs, context, finish, flush_rows=run_cfg.flush_rows,
-                        flush_seconds=run_cfg.flush_seconds)
+                        flush_seconds=run_cfg.flush_seconds, keep_arrays=keep_arrays)
     store.compact()
     all_rows = store.records()
     summary = report.summarize(all_rows, result.wall_seconds, run_id=context.run_id,

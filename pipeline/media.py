@@ -193,7 +193,10 @@ def decode(path: str, opts: DecodeOptions = DecodeOptions()) -> tuple[np.ndarray
                 if opts.end_seconds is not None and t >= opts.end_seconds:
                     break
                 if index % opts.stride == 0:
-                    img = frame.to_ndarray(width=scaled_w, height=scaled_h, format="rgb24")
+                    if (scaled_w, scaled_h) == (frame.width, frame.height):
+                        img = frame.to_ndarray(format="rgb24")  # no scaler: ~1.5x faster
+                    else:
+                        img = frame.to_ndarray(width=scaled_w, height=scaled_h, format="rgb24")
                     frames.append(place_on_canvas(img, out_w, out_h))
                     if opts.max_frames and len(frames) >= opts.max_frames:
                         break

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -103,7 +103,9 @@ def init_ray(num_cpus: int | None = None) -> None:
             root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
             paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
             os.environ["PYTHONPATH"] = os.pathsep.join([root, *[p for p in paths if p != root]])
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+            # address="local": always a fresh local instance, never a cluster that `ray start`
+            # left on this machine
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
     ctx.execution_options.preserve_order = False
@@ -137,10 +139,11 @@ def build_dataset(rows: list[dict], stages: list[StageSpec], context, rows_per_b
 
 
 def run(rows: list[dict], stages: list[StageSpec], context, on_rows: Callable[[list[dict]], None],
-        *, flush_rows: int = 8, flush_seconds: float = 20.0) -> RunResult:
+        *, flush_rows: int = 8, flush_seconds: float = 20.0, keep_arrays: Collection[str] = ()) -> RunResult:
     """Execute ``stages`` over ``rows`` on Ray; ``on_rows`` receives finished rows in chunks.
 
-    Array values left in finished rows are dropped before ``on_rows`` sees them.
+    Array values left in finished rows are dropped before ``on_rows`` sees them, except those
+    named in ``keep_arrays`` (a job that writes arrays into its output, such as trajectory shards).
     """
     start = time.perf_counter()
     result = RunResult()
@@ -151,7 +154,8 @@ def run(rows: list[dict], stages: list[StageSpec], context, on_rows: Callable[[l
     last_flush = time.monotonic()
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         for row in _from_table(batch):
-            for key in [k for k, v in row.items() if hasattr(v, "shape") and hasattr(v, "dtype")]:
+            for key in [k for k, v in row.items()
+                        if hasattr(v, "shape") and hasattr(v, "dtype") and k not in keep_arrays]:
                 del row[key]
             pending.append(row)
         if len(pending) >= flush_rows or time.monotonic() - last_flush >= flush_seconds:

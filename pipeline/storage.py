@@ -43,6 +43,7 @@ class StorageOptions:
     """
 
     endpoint_url: str | None = None
+    region: str | None = None
     key: str | None = None
     secret: str | None = None
     anon: bool = False
@@ -51,8 +52,13 @@ class StorageOptions:
         if protocol in ("s3", "s3a"):
             opts: dict = {}
             endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+            client: dict = {}
             if endpoint:
-                opts["client_kwargs"] = {"endpoint_url": endpoint}
+                client["endpoint_url"] = endpoint
+            if self.region:
+                client["region_name"] = self.region
+            if client:
+                opts["client_kwargs"] = client
             if self.key:
                 opts["key"] = self.key
             if self.secret:
