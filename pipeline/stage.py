@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -49,7 +50,7 @@ class RunContext:
     storage: StorageOptions = StorageOptions()
 
 
-class Stage:
+class Stage(ABC):
     """Base class of every stage.
 
     Subclasses set ``name``, ``reads``, ``writes`` (and ``drops`` for keys they consume and
@@ -82,8 +83,9 @@ class Stage:
         """Whether this stage acts on ``row``; rows it does not apply to pass through."""
         return True
 
+    @abstractmethod
     def process(self, row: dict) -> dict:
-        raise NotImplementedError(f"stage {self.name!r} does not implement process()")
+        """Transform one row; raise to fail it (the contract records the error)."""
 
     def close(self) -> None:
         """Release resources held since :meth:`setup`."""

@@ -7,6 +7,7 @@ it requires, and implements :meth:`EditStage.edit`. Per-row ``params`` (keys wit
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
@@ -66,5 +67,6 @@ class EditStage(Stage):
         row["edited_frames"] = edited
         return row
 
+    @abstractmethod
     def edit(self, row: dict, config: Any) -> np.ndarray:
-        raise NotImplementedError(f"method {self.method!r} does not implement edit()")
+        """The edited frames, uint8 [T, H, W, 3], of ``row`` under ``config``."""

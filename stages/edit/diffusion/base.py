@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+from abc import abstractmethod
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -160,8 +161,9 @@ class DiffusionEditStage(EditStage):
         row["fps"] = float(row.get("fps") or 24.0) / config.frame_stride
         return self.edit_clip(row, clip, config)
 
+    @abstractmethod
     def edit_clip(self, row: dict, clip: np.ndarray, config: Any) -> np.ndarray:
-        raise NotImplementedError(f"method {self.method!r} does not implement edit_clip()")
+        """The edited clip, uint8 [T, H, W, 3], from the selected ``clip`` of the same shape."""
 
     # --- helpers for methods ---------------------------------------------------------------
 
