@@ -109,3 +109,33 @@ def test_shard_store_bounds_and_preflight(tmp_path):
     assert sorted(store.read()["job_id"]) == ["a", "b", "c"] and "c_mot" not in store.read().columns
     assert main(["--manifest", str(tmp_path / "none.csv"), "--output", str(tmp_path / "o")]) == 2
     assert main(["--manifest", "x.csv", "--output", str(tmp_path / "o"), "--set", "window.num_frames=1"]) == 2
+
+
+def test_http_content_urls(ray_local, sample_dir, tmp_path):
+    """WebVid's contentUrl is http(s): served here by a local http.server on 127.0.0.1."""
+    import subprocess
+    import sys
+
+    from tests.servers import free_port, wait_http
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                               "--directory", sample_dir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/manifest.csv")
+        name = sorted(d for d in os.listdir(sample_dir) if os.path.isdir(os.path.join(sample_dir, d)))[0]
+        path = tmp_path / "webvid.csv"
+        with open(path, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["videoid", "contentUrl", "name", "duration", "page_dir"])
+            writer.writerow(["2001", f"http://127.0.0.1:{port}/{name}/video.mp4", "served", "PT3S", "d"])
+            writer.writerow(["2002", f"http://127.0.0.1:{port}/{name}/absent.mp4", "absent", "PT3S", "d"])
+        out = str(tmp_path / "out")
+        args = ["--manifest", str(path), "--output", out, "--set", "run.max_failure_fraction=0.6"]
+        assert main(args + [x for s in SETTINGS for x in ("--set", s)]) == 0
+        rows = {r["videoid"]: r for r in _shard_rows(out)}
+        assert rows["2001"]["status"] == "ok" and rows["2001"]["tracks"].shape[0] == 8
+        assert rows["2002"]["status"] == "error" and rows["2002"]["error_stage"] == "decode"
+    finally:
+        server.terminate()
+        server.wait(10)
