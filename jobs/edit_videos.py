@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 
@@ -38,6 +39,8 @@ from stages.registry import STAGE_ORDER, get_stage
 from stages.validate import ValidateConfig, ValidateStage
 
 log = logging.getLogger("jobs.edit_videos")
+# the demo's settings: atlas_edit, "fast" preset (a few minutes for the sample on 2 CPU cores)
+DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "atlas_edit.yaml")
 
 
 @dataclass(frozen=True)
@@ -95,13 +98,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_common_args(parser)
     parser.add_argument("--method", help="method for rows that name none (and for glob inputs)")
     parser.add_argument("--demo", action="store_true",
-                        help="make the synthetic sample under OUTPUT/sample (if absent) and edit it")
+                        help="make the synthetic sample under OUTPUT/sample (if absent) and edit it "
+                             "(default config: jobs/configs/atlas_edit.yaml)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
+    if args.demo and not args.config:
+        args.config = DEMO_CONFIG
     try:
         config = load_config(EditJobConfig, args.config, args.overrides)
         if args.method:

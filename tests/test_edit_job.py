@@ -173,3 +173,15 @@ def test_too_many_failures_exit_1(ray_local, tmp_path):
     out = str(tmp_path / "out")
     assert edit_videos.main(["--manifest", str(manifest_path), "--output", out]) == 1
     assert _manifest(out).iloc[0].status == "error"
+
+
+def test_demo_makes_the_sample_and_a_report(ray_local, tmp_path):
+    out = str(tmp_path / "demo")
+    # --method reencode keeps this test fast; the demo's own method (atlas_edit) is tested in test_atlas.py
+    assert edit_videos.main(["--demo", "--output", out, "--method", "reencode", *FAST]) == 0
+    sample = pd.read_csv(os.path.join(out, "sample", "manifest.csv"))
+    assert len(sample) == 3 and set(sample.columns) >= {"video_uri", "overlay_uri", "mask_uri"}
+    frame = _manifest(out)
+    assert len(frame) == 3 and (frame.status == "ok").all() and (frame.method == "reencode").all()
+    assert frame.width.max() <= 160  # the demo config's working resolution
+    assert os.path.exists(os.path.join(out, "report.html"))

@@ -1,0 +1,122 @@
+"""Configuration of the atlas stage: encodings, loss weights and schedule (paper defaults), limits.
+
+Loss weights and the early-phase schedule are Neural Layered Atlases' (Kasten et al. 2021):
+rgb 5000, gradient 1000, optical flow 5 per layer, alpha flow 49, rigidity 1 (1 px step),
+global rigidity 5 (fg) / 50 (bg) with a 100 px step until iteration 5000, sparsity 1000,
+alpha bootstrapping 2000 until iteration 10000, 10k pixels per batch, mappings initialised to
+0.8 x identity. The paper fits 400k iterations of positional-encoding MLPs; the hash-grid
+default converges in far fewer (``iterations=None`` picks 20k for ``hash``, 400k for ``pe``).
+Hash-grid sizes follow Hashing-NVD (16 levels x 2 features, 2^15 entries, base 16, x1.25).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pipeline.config import ConfigError, Resources
+
+
+@dataclass(frozen=True)
+class HashGridConfig:
+    levels: int = 16
+    features: int = 2
+    log2_table_size: int = 15
+    base_resolution: int = 16
+    per_level_scale: float = 1.25
+    mapping_levels: int = 12  # coarsest levels the mappings see (smooth mappings; alpha/atlas use all)
+    hidden: int = 64  # width of the small MLP heads after the encoding
+    layers: int = 2  # hidden layers of those heads
+    lr: float = 1e-2  # Adam learning rate of the atlas and alpha fields
+    mapping_lr: float = 2e-3  # of the mapping fields (slower: they set the geometry)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.levels <= 32 or not 1 <= self.features <= 8:
+            raise ConfigError(f"hash.levels must be 1..32 and hash.features 1..8, got {self.levels}/{self.features}")
+        if not 8 <= self.log2_table_size <= 24:
+            raise ConfigError(f"hash.log2_table_size must be 8..24, got {self.log2_table_size}")
+        if self.base_resolution < 2 or self.per_level_scale < 1.0:
+            raise ConfigError("hash.base_resolution must be >= 2 and hash.per_level_scale >= 1")
+
+
+@dataclass(frozen=True)
+class PEConfig:
+    """The paper's MLPs: widths, depths and positional-encoding frequencies."""
+
+    width: int = 256
+    fg_mapping_layers: int = 6
+    bg_mapping_layers: int = 4
+    alpha_layers: int = 8
+    atlas_layers: int = 8
+    mapping_frequencies: int = 0
+    alpha_frequencies: int = 5
+    atlas_frequencies: int = 10
+    lr: float = 1e-4
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    rgb: float = 5000.0
+    gradient: float = 1000.0
+    flow: float = 5.0  # per layer
+    alpha_flow: float = 49.0
+    rigidity: float = 1.0
+    global_rigidity_fg: float = 5.0
+    global_rigidity_bg: float = 50.0
+    sparsity: float = 1000.0
+    bootstrap: float = 2000.0
+
+
+@dataclass(frozen=True)
+class Schedule:
+    global_rigidity_until: int = 5000  # iterations with the global rigidity term
+    bootstrap_until: int = 10000  # iterations with alpha bootstrapping from masks
+    rigidity_step_px: float = 1.0
+    global_rigidity_step_px: float = 100.0  # capped at a quarter of the frame's larger side
+
+
+@dataclass(frozen=True)
+class AtlasConfig:
+    encoding: Literal["hash", "pe"] = "hash"
+    iterations: int | None = None  # None: 20000 for hash, 400000 for pe
+    batch_pixels: int = 10000
+    identity_scale: float = 0.8
+    motion_init: bool = True  # scaled identity composed with each layer's per-frame flow motion
+    hash: HashGridConfig = field(default_factory=HashGridConfig)
+    pe: PEConfig = field(default_factory=PEConfig)
+    weights: LossWeights = field(default_factory=LossWeights)
+    schedule: Schedule = field(default_factory=Schedule)
+    atlas_resolution: int = 1024  # side of each atlas PNG, pixels
+    max_frames: int = 70  # longer videos are refused (a row error); the paper's limit
+    max_pixels: int = 768 * 432 * 70  # frames x height x width budget of one fit
+    flow: Literal["dis", "farneback"] = "dis"
+    flow_consistency_px: float = 1.0  # forward-backward check threshold
+    mask_source: Literal["auto", "manifest", "motion"] = "auto"  # auto: mask_uri when given, else motion
+    motion_threshold_px: float = 1.0  # residual motion that marks a pixel foreground
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True  # bfloat16 autocast on CUDA
+    seed: int = 0
+    check_every: int = 50  # iterations between NaN / divergence checks
+    divergence_factor: float = 50.0  # loss above factor x its best (after warm-up) is divergence
+    eval_chunk: int = 65536  # pixels per evaluation batch when rendering
+    apply_to: Literal["needing", "all"] = "needing"  # needing: rows whose method needs the atlas
+    previews: bool = True
+    resources: Resources = field(default_factory=lambda: Resources(num_cpus=1, min_actors=1, max_actors=1))
+
+    def __post_init__(self) -> None:
+        if self.iterations is not None and self.iterations < 1:
+            raise ConfigError(f"atlas.iterations must be >= 1, got {self.iterations}")
+        if self.batch_pixels < 16:
+            raise ConfigError(f"atlas.batch_pixels must be >= 16, got {self.batch_pixels}")
+        if not 0.1 <= self.identity_scale <= 1.0:
+            raise ConfigError(f"atlas.identity_scale must be in [0.1, 1], got {self.identity_scale}")
+        if not 16 <= self.atlas_resolution <= 8192:
+            raise ConfigError(f"atlas.atlas_resolution must be 16..8192, got {self.atlas_resolution}")
+        if self.max_frames < 2:
+            raise ConfigError(f"atlas.max_frames must be >= 2, got {self.max_frames}")
+
+    @property
+    def total_iterations(self) -> int:
+        if self.iterations is not None:
+            return self.iterations
+        return 20000 if self.encoding == "hash" else 400000

@@ -1,0 +1,165 @@
+"""Field encodings for the atlas networks: a multi-resolution hash grid and NeRF positional encoding.
+
+:class:`HashGridEncoding` is Instant-NGP's encoding written in plain PyTorch (no CUDA
+extension): ``L`` levels with resolutions growing geometrically from ``base_resolution`` by
+``per_level_scale``; each level stores ``F`` features per grid vertex, in a dense table when
+the level's ``(res + 1) ** d`` vertices fit in ``2 ** log2_table_size`` entries and in a
+spatially hashed table otherwise (``xor_i(c_i * prime_i) mod 2 ** log2_table_size`` with the
+Instant-NGP primes). Features are interpolated bilinearly (d = 2) or trilinearly (d = 3)
+from the cell's ``2 ** d`` corners and the levels' features are concatenated.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+PRIMES = (1, 2654435761, 805459861, 3674653429)  # Instant-NGP (Mueller et al. 2022)
+
+
+def level_resolutions(levels: int, base_resolution: int, per_level_scale: float) -> list[int]:
+    """Grid resolution (cells per unit side) of each level: ``floor(base * scale ** l)``."""
+    return [int(math.floor(base_resolution * per_level_scale**level)) for level in range(levels)]
+
+
+def hash_index(corners: torch.Tensor, table_size: int) -> torch.Tensor:
+    """Spatial hash of integer vertex coordinates.
+
+    corners: int64 [..., d] vertex coordinates. Returns int64 [...] in ``[0, table_size)``;
+    ``table_size`` must be a power of two.
+    """
+    out = corners[..., 0] * PRIMES[0]
+    for i in range(1, corners.shape[-1]):
+        out = torch.bitwise_xor(out, corners[..., i] * PRIMES[i])
+    return out & (table_size - 1)
+
+
+def dense_index(corners: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Row-major index of vertex coordinates in a dense ``(resolution + 1) ** d`` grid: int64 [...]."""
+    side = resolution + 1
+    out = corners[..., 0]
+    stride = 1
+    for i in range(1, corners.shape[-1]):
+        stride *= side
+        out = out + corners[..., i] * stride
+    return out
+
+
+class HashGridEncoding(nn.Module):
+    """Multi-resolution hash-grid encoding of points in ``[0, 1] ** d``.
+
+    ``tables`` independent feature tables share one grid (and one index computation), so
+    several fields over the same domain cost one lookup of vertex indices.
+    forward(x: float [N, d] in [0, 1]) -> float [N, levels * features] (the first table);
+    :meth:`encode_all` returns one such tensor per table. Inputs outside the unit cube are
+    clamped onto it.
+    """
+
+    def __init__(self, dims: int, levels: int = 16, features: int = 2, log2_table_size: int = 15,
+                 base_resolution: int = 16, per_level_scale: float = 1.25, init_scale: float = 1e-4,
+                 tables: int = 1):
+        super().__init__()
+        if dims not in (2, 3):
+            raise ValueError(f"HashGridEncoding supports 2 or 3 dimensions, got {dims}")
+        self.dims, self.levels, self.features = dims, levels, features
+        self.table_size = 2**log2_table_size
+        self.resolutions = level_resolutions(levels, base_resolution, per_level_scale)
+        sizes, dense = [], []
+        for res in self.resolutions:
+            vertices = (res + 1) ** dims
+            dense.append(vertices <= self.table_size)
+            sizes.append(vertices if vertices <= self.table_size else self.table_size)
+        offsets = [0]
+        for size in sizes:
+            offsets.append(offsets[-1] + size)
+        self.level_sizes = sizes
+        self.level_dense = dense
+        self.register_buffer("_res", torch.tensor(self.resolutions, dtype=torch.float32), persistent=False)
+        self.register_buffer("_offsets", torch.tensor(offsets[:-1], dtype=torch.int64), persistent=False)
+        self.register_buffer("_dense", torch.tensor(dense, dtype=torch.bool), persistent=False)
+        strides = [[(r + 1) ** i for i in range(dims)] for r in self.resolutions]
+        self.register_buffer("_strides", torch.tensor(strides, dtype=torch.int64), persistent=False)  # [L, d]
+        self.tables = nn.ParameterList(
+            nn.Parameter(torch.empty(offsets[-1], features).uniform_(-init_scale, init_scale))
+            for _ in range(tables))
+
+    @property
+    def table(self) -> nn.Parameter:
+        return self.tables[0]
+
+    @property
+    def output_dim(self) -> int:
+        return self.levels * self.features
+
+    def corner_indices(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat table indices int64 [N, L, C] and interpolation weights float [N, L, C] of ``x``.
+
+        Corner ``c`` (C = 2 ** d) has offset bit ``i`` of ``c`` along dimension ``i``.
+        """
+        x = x.float().clamp(0.0, 1.0)
+        res = self._res
+        pos = x[:, None, :] * res[None, :, None]  # [N, L, d]
+        base = torch.minimum(pos.floor(), (res - 1)[None, :, None])
+        frac = pos - base
+        base = base.long()
+        dense_mask = self._dense[None, :, None]
+        index = weights = None
+        for i in reversed(range(self.dims)):  # highest dimension first: corner bit i is the slowest axis
+            c = torch.stack([base[:, :, i], base[:, :, i] + 1], -1)  # [N, L, 2]
+            f = frac[:, :, i]
+            w = torch.stack([1.0 - f, f], -1)
+            hashed = c * PRIMES[i]
+            dense = c * self._strides[None, :, i, None]
+            if index is None:
+                index_h, index_d, weights = hashed, dense, w
+            else:
+                index_h = torch.bitwise_xor(index_h[..., :, None], hashed[..., None, :]).flatten(-2)
+                index_d = (index_d[..., :, None] + dense[..., None, :]).flatten(-2)
+                weights = (weights[..., :, None] * w[..., None, :]).flatten(-2)
+            index = True
+        hashed_index = index_h & (self.table_size - 1)
+        flat = torch.where(dense_mask, index_d, hashed_index) + self._offsets[None, :, None]
+        return flat, weights
+
+    def interpolate(self, index: torch.Tensor, weights: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """Features [N, L * F] of ``table`` [size, F] at corner ``index``/``weights`` [N, L, C]."""
+        n, levels, corners = index.shape
+        feats = table.index_select(0, index.reshape(-1)).reshape(n * levels, corners, -1)
+        out = torch.bmm(weights.reshape(n * levels, 1, corners).to(feats.dtype), feats)
+        return out.reshape(n, levels * table.shape[1])
+
+    def encode_all(self, x: torch.Tensor, which: tuple[int, ...] | None = None) -> list[torch.Tensor]:
+        """One encoding [N, L * F] per table (or per table in ``which``) of points x [N, d]."""
+        index, weights = self.corner_indices(x)
+        chosen = range(len(self.tables)) if which is None else which
+        return [self.interpolate(index, weights, self.tables[k]) for k in chosen]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode_all(x, (0,))[0]
+
+
+class PositionalEncoding(nn.Module):
+    """NeRF positional encoding: ``[x, sin(2^k pi x), cos(2^k pi x)]`` for k < ``frequencies``.
+
+    forward(x: float [N, d]) -> float [N, d * (1 + 2 * frequencies)].
+    """
+
+    def __init__(self, dims: int, frequencies: int, include_input: bool = True):
+        super().__init__()
+        self.dims, self.frequencies, self.include_input = dims, frequencies, include_input
+        self.register_buffer("_bands", (2.0 ** torch.arange(frequencies)) * math.pi, persistent=False)
+
+    @property
+    def output_dim(self) -> int:
+        return self.dims * (2 * self.frequencies + (1 if self.include_input else 0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.frequencies == 0:
+            return x
+        scaled = x[:, :, None] * self._bands  # [N, d, K]
+        parts = [torch.sin(scaled).flatten(1), torch.cos(scaled).flatten(1)]
+        if self.include_input:
+            parts.insert(0, x)
+        return torch.cat(parts, 1)

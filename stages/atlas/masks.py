@@ -1,0 +1,213 @@
+"""Rough foreground masks for alpha bootstrapping.
+
+Sources, in the order ``mask_source="auto"`` tries them:
+
+* the row's ``mask_uri``: an image (PNG, 255 = foreground; an RGBA image uses its alpha) of
+  the first frame, propagated to later frames along the backward optical flow, or a mask
+  video (one mask frame per video frame);
+* otherwise a motion segmentation: per frame pair, the dominant (background) motion is a
+  RANSAC similarity fitted to the dense flow, and pixels whose flow departs from it by more
+  than ``motion_threshold_px`` are foreground.
+
+A mask must have the frames' size, or the same aspect ratio (it is then resized); a mask of
+another aspect ratio, or one with no foreground (or nothing but foreground), is a
+:class:`MaskError` for that row.
+"""
+
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+
+from pipeline import media, storage
+from pipeline.storage import StorageOptions
+from stages.atlas.flow import FlowField, warp
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif")
+MIN_FRACTION = 1e-4  # a mask with fewer foreground pixels than this fraction is "empty"
+
+
+class MaskError(ValueError):
+    """A mask is unreadable, of the wrong size, or empty."""
+
+
+def fit_mask(mask: np.ndarray, height: int, width: int, where: str) -> np.ndarray:
+    """A [h, w] mask resized to [height, width] (nearest), or MaskError when the aspect differs."""
+    h, w = mask.shape[:2]
+    if (h, w) == (height, width):
+        return mask
+    if abs(w / h - width / height) > 0.01 * (width / height):
+        raise MaskError(f"{where} is {w}x{h} but the frames are {width}x{height} (aspect ratios differ)")
+    return cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+def check_not_empty(masks: np.ndarray, where: str) -> None:
+    """MaskError when bool masks [T, H, W] hold (almost) no foreground, or nothing else."""
+    frac = float(masks.mean())
+    if frac < MIN_FRACTION:
+        raise MaskError(f"{where} has no foreground pixels (255 = foreground)")
+    if frac > 1.0 - MIN_FRACTION:
+        raise MaskError(f"{where} is foreground everywhere; a mask marks the object only")
+
+
+def decode_mask_image(data: bytes, where: str) -> np.ndarray:
+    """bool [H, W] from PNG/JPEG bytes: the alpha channel of RGBA, else the grey level > 127."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise MaskError(f"{where} is not a readable image")
+    if image.ndim == 3:
+        image = image[..., 3] if image.shape[2] == 4 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    if image.dtype != np.uint8:
+        image = (image.astype(np.float32) / max(1.0, float(image.max())) * 255).astype(np.uint8)
+    return image > 127
+
+
+def propagate(first: np.ndarray, flow: FlowField) -> np.ndarray:
+    """Carry a first-frame bool mask [H, W] through the clip: bool [T, H, W].
+
+    Per frame pair, an affine motion is fitted (RANSAC) to the forward flow of the mask's
+    pixels whose flow passes the consistency check, and the mask is warped by it: the
+    object's tracks summarised as one motion, which does not drift the way chaining dense
+    flow pixel by pixel does. Falls back to pulling the mask along the backward flow when
+    too few pixels have a valid flow.
+    """
+    masks = [first.astype(bool)]
+    kernel = np.ones((3, 3), np.uint8)
+    h, w = first.shape
+    for t in range(flow.backward.shape[0]):
+        current = masks[-1]
+        inner = cv2.erode(current.astype(np.uint8), kernel) > 0
+        ys, xs = np.nonzero(inner & flow.forward_valid[t])
+        model = None
+        if len(xs) >= 12:
+            if len(xs) > 4000:
+                keep = np.linspace(0, len(xs) - 1, 4000).astype(int)
+                ys, xs = ys[keep], xs[keep]
+            src = np.stack([xs, ys], -1).astype(np.float32)
+            dst = src + flow.forward[t][ys, xs]
+            model, _ = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=1.0)
+        if model is not None:
+            moved = cv2.warpAffine(current.astype(np.float32), model, (w, h), flags=cv2.INTER_LINEAR) > 0.5
+        else:
+            pulled = warp(current.astype(np.float32), flow.backward[t], cv2.BORDER_CONSTANT) > 0.5
+            moved = cv2.morphologyEx(pulled.astype(np.uint8), cv2.MORPH_CLOSE, kernel) > 0
+        masks.append(moved)
+    return np.stack(masks)
+
+
+def load_mask_video(url: str, num_frames: int, height: int, width: int,
+                    options: StorageOptions | None) -> np.ndarray:
+    """bool [T, H, W] from a mask video (grey > 127 = foreground); MaskError when too short."""
+    with storage.local_copy(url, options) as (local, _):
+        frames, _, _ = media.decode(local, media.DecodeOptions(max_frames=num_frames))
+    if len(frames) < num_frames:
+        raise MaskError(f"mask video {url} has {len(frames)} frames, the video {num_frames}")
+    grey = frames[:num_frames].mean(-1) > 127
+    return np.stack([fit_mask(m.astype(np.uint8), height, width, f"mask video {url}") > 0 for m in grey])
+
+
+def manifest_masks(url: str, flow: FlowField, shape: tuple[int, int, int],
+                   options: StorageOptions | None = None) -> np.ndarray:
+    """bool [T, H, W] from a row's ``mask_uri`` (first-frame image or mask video)."""
+    t, h, w = shape
+    try:
+        if os.path.splitext(url.lower())[1] in VIDEO_EXTENSIONS:
+            masks = load_mask_video(url, t, h, w, options)
+        else:
+            first = decode_mask_image(storage.read_bytes(url, options), f"mask {url}")
+            first = fit_mask(first.astype(np.uint8), h, w, f"mask {url}") > 0
+            check_not_empty(first[None], f"mask {url}")
+            masks = propagate(first, flow)
+    except FileNotFoundError as exc:
+        raise MaskError(f"mask {url} not found") from exc
+    except media.VideoDecodeError as exc:
+        raise MaskError(f"mask video {url} is not decodable: {exc}") from exc
+    check_not_empty(masks, f"mask {url}")
+    return masks
+
+
+def dominant_motion_residual(flow: np.ndarray, step: int = 4) -> np.ndarray:
+    """|flow - dominant similarity motion| in pixels, float32 [H, W], for one flow field [H, W, 2]."""
+    h, w = flow.shape[:2]
+    ys, xs = np.mgrid[0:h:step, 0:w:step]
+    src = np.stack([xs.ravel(), ys.ravel()], -1).astype(np.float32)
+    dst = src + flow[ys.ravel(), xs.ravel()]
+    model, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=0.5,
+                                           maxIters=2000, confidence=0.995)
+    if model is None:
+        model = np.array([[1, 0, 0], [0, 1, 0]], np.float64)
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    px = model[0, 0] * gx + model[0, 1] * gy + model[0, 2]
+    py = model[1, 0] * gx + model[1, 1] * gy + model[1, 2]
+    return np.hypot(gx + flow[..., 0] - px, gy + flow[..., 1] - py).astype(np.float32)
+
+
+def motion_masks(flow: FlowField, threshold_px: float = 1.0) -> np.ndarray:
+    """bool [T, H, W]: pixels moving against the dominant background motion."""
+    n = flow.forward.shape[0]
+    if n == 0:
+        raise MaskError("motion segmentation needs at least 2 frames; give mask_uri")
+    residuals = [dominant_motion_residual(flow.forward[i]) for i in range(n)]
+    residuals.append(dominant_motion_residual(flow.backward[n - 1]))
+    size = max(3, int(round(min(flow.forward.shape[1:3]) / 40)) | 1)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    masks = []
+    for res in residuals:
+        m = (res > threshold_px).astype(np.uint8)
+        m = cv2.morphologyEx(m, cv2.MORPH_OPEN, kernel)
+        m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, kernel)
+        masks.append(m > 0)
+    out = np.stack(masks)
+    check_not_empty(out, "motion segmentation (no mask_uri given)")
+    return out
+
+
+def row_masks(row: dict, flow: FlowField, shape: tuple[int, int, int], source: str, threshold_px: float,
+              options: StorageOptions | None = None) -> tuple[np.ndarray, str]:
+    """The bootstrap masks of a row and where they came from ("manifest" or "motion")."""
+    uri = row.get("mask_uri")
+    uri = uri.strip() if isinstance(uri, str) else None
+    if source == "manifest" and not uri:
+        raise MaskError("atlas.mask_source is 'manifest' but the row has no mask_uri")
+    if uri and source in ("auto", "manifest"):
+        return manifest_masks(uri, flow, shape, options), "manifest"
+    return motion_masks(flow, threshold_px), "motion"
+
+
+
+def _ransac_affine(flow: np.ndarray, valid: np.ndarray, region: np.ndarray, similarity: bool) -> np.ndarray:
+    """3x3 affine (or similarity) fitted to ``flow`` [H, W, 2] over ``region & valid``; identity if too few."""
+    ys, xs = np.nonzero(region & valid)
+    step = np.eye(3)
+    if len(xs) < 12:
+        return step
+    if len(xs) > 4000:
+        keep = np.linspace(0, len(xs) - 1, 4000).astype(int)
+        ys, xs = ys[keep], xs[keep]
+    src = np.stack([xs, ys], -1).astype(np.float32)
+    dst = src + flow[ys, xs]
+    fit = cv2.estimateAffinePartial2D if similarity else cv2.estimateAffine2D
+    model, _ = fit(src, dst, method=cv2.RANSAC, ransacReprojThreshold=1.0)
+    if model is not None:
+        step[:2] = model
+    return step
+
+
+def layer_motions(flow: FlowField, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame motions of the two layers, fitted to the flow inside and outside the masks.
+
+    Returns (fg, bg) float64 [T, 2, 3] affines mapping frame-0 pixel coordinates to frame t
+    (fg: affine of the masked object; bg: similarity of the rest). They give the mappings a
+    motion-compensated starting point: the object's tracks summarised per frame.
+    """
+    t_n = masks.shape[0]
+    kernel = np.ones((5, 5), np.uint8)
+    fg, bg = [np.eye(3)], [np.eye(3)]
+    for t in range(t_n - 1):
+        m = masks[t].astype(np.uint8)
+        inside, outside = cv2.erode(m, kernel) > 0, cv2.dilate(m, kernel) == 0
+        fg.append(_ransac_affine(flow.forward[t], flow.forward_valid[t], inside, False) @ fg[-1])
+        bg.append(_ransac_affine(flow.forward[t], flow.forward_valid[t], outside, True) @ bg[-1])
+    return np.stack(fg)[:, :2], np.stack(bg)[:, :2]
