@@ -14,7 +14,7 @@ pytest.importorskip("s3fs")
 
 
 @pytest.fixture(scope="module")
-def s3(monkeypatch_module=None):
+def s3():
     proc, endpoint = start_moto()
     env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
            "AWS_DEFAULT_REGION": "us-east-1"}
