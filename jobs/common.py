@@ -124,7 +124,10 @@ def execute(rows: list[dict], inline: list[Stage], specs: list[runner.StageSpec]
             log.info("plan: stage %-24s %s", stage.name, stage.resources)
         return EXIT_OK
 
-    (ray_init or runner.init_ray)()
+    if ray_init is not None:
+        ray_init()
+    else:
+        runner.init_ray(run_cfg.num_cpus)
     check_gpus(built, runner.cluster_gpus() if work else float("inf"))
 
     def finish(batch: list[dict]) -> None:
@@ -146,7 +149,7 @@ def execute(rows: list[dict], inline: list[Stage], specs: list[runner.StageSpec]
     _, report_url = report.write_report(all_rows, summary, context.output_url, context.storage, title=title)
     log.info("summary: %s", summary["counts"])
     log.info("report: %s", report.local_path_hint(report_url))
-    processed = [r for r in direct + result.rows]
+    processed = direct + result.rows
     failed = sum(1 for r in processed if r.get("status") == STATUS_ERROR)
     if processed and failed / len(processed) > run_cfg.max_failure_fraction:
         log.error("%d of %d rows failed (> max_failure_fraction=%s)", failed, len(processed),

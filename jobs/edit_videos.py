@@ -27,7 +27,7 @@ from jobs.common import (
     setup_logging,
 )
 from pipeline import storage
-from pipeline.config import ConfigError, config_hash, from_dict, load_config
+from pipeline.config import ConfigError, config_hash, from_dict, load_config, replace
 from pipeline.manifest import ManifestError, ManifestStore, assign_job_ids, output_schema, read_input, to_output_record
 from pipeline.runner import StageSpec
 from pipeline.stage import RunContext
@@ -111,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(EditJobConfig, args.config, args.overrides)
         if args.method:
-            config = from_dict(EditJobConfig, {**_as_dict(config), "run": {**_as_dict(config.run),
-                                                                               "method": args.method}}, "--method")
+            config = replace(config, run=replace(config.run, method=args.method))
             get_method(args.method)
         configs = method_configs(config, args.config or "config")
         options = config.storage
@@ -152,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_PREFLIGHT
     try:
         return execute(rows, [validate], specs, context, store, config.run,
-                       dry_run=args.dry_run, title="vidflow edit run",
-                       ray_init=lambda: _init_ray(config.run.num_cpus))
+                       dry_run=args.dry_run, title="vidflow edit run")
     except PreflightError as exc:
         log.error("%s", exc)
         return EXIT_PREFLIGHT
@@ -165,18 +163,6 @@ def _known(method: str) -> bool:
         return True
     except UnknownMethodError:
         return False
-
-
-def _as_dict(obj) -> dict:
-    from pipeline.config import to_dict
-
-    return to_dict(obj)
-
-
-def _init_ray(num_cpus: int | None) -> None:
-    from pipeline.runner import init_ray
-
-    init_ray(num_cpus)
 
 
 if __name__ == "__main__":

@@ -368,17 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     check = CheckRowStage(None, context)
     try:
         return execute(rows, [check], build_specs(config), context, store, config.run, dry_run=args.dry_run,
-                       title="vidflow trajectory preprocessing", ray_init=lambda: _init_ray(config.run.num_cpus),
-                       keep_arrays=ARRAY_COLUMNS)
+                       title="vidflow trajectory preprocessing", keep_arrays=ARRAY_COLUMNS)
     except PreflightError as exc:
         log.error("%s", exc)
         return EXIT_PREFLIGHT
-
-
-def _init_ray(num_cpus: int | None) -> None:
-    from pipeline.runner import init_ray
-
-    init_ray(num_cpus)
 
 if __name__ == "__main__":
     sys.exit(main())
