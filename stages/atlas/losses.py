@@ -36,14 +36,21 @@ def jacobian_fd(uv: torch.Tensor, uv_dx: torch.Tensor, uv_dy: torch.Tensor, step
     return torch.stack([(uv_dx - uv) / step_uv, (uv_dy - uv) / step_uv], -1)
 
 
-def symmetric_dirichlet(jac: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Mean of ``||J||_F^2 + ||J^-1||_F^2`` over [N, 2, 2] Jacobians (4 for a rotation) -> scalar.
+def symmetric_dirichlet(jac: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """NLA's rigidity term (Eq. 9, a symmetric Dirichlet energy) on [N, 2, 2] Jacobians -> scalar.
 
-    For 2x2 matrices ``||J^-1||_F^2 = ||J||_F^2 / det(J)^2``; ``det^2`` is floored at ``eps``.
+    ``||JtJ + eps I||_F + ||(JtJ + eps I)^-1||_F`` averaged over the batch, with the paper's
+    ``eps = 1e-3`` regulariser: about ``2 sqrt(2)`` at rotations (its minimum), larger for any
+    stretch or squash, and bounded (``~sqrt(2) / eps``) where a mapping collapses, so a few
+    degenerate samples cannot swamp the colour loss. For a 2x2 SPD matrix ``M``,
+    ``||M^-1||_F = ||M||_F / det(M)``.
     """
-    fro = (jac**2).sum((-1, -2))
-    det = jac[:, 0, 0] * jac[:, 1, 1] - jac[:, 0, 1] * jac[:, 1, 0]
-    return (fro + fro / (det**2).clamp_min(eps)).mean()
+    jtj = jac.transpose(-1, -2) @ jac
+    a, b = jtj[:, 0, 0] + eps, jtj[:, 0, 1]
+    c, d = jtj[:, 1, 0], jtj[:, 1, 1] + eps
+    fro = torch.sqrt(a * a + b * b + c * c + d * d)
+    det = a * d - b * c
+    return (fro + fro / det).mean()
 
 
 def flow_loss(uv_here: torch.Tensor, uv_there: torch.Tensor, weight: torch.Tensor,

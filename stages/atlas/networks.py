@@ -71,7 +71,8 @@ class LayeredAtlas(nn.Module):
             self.grid_xyt = HashGridEncoding(3, tables=3, **grid)
             self.grid_uv = HashGridEncoding(2, tables=1, **grid)
             dim = self.grid_xyt.output_dim
-            self.mapping_dim = min(h.mapping_levels, h.levels) * h.features
+            self.mapping_levels = min(h.mapping_levels, h.levels)
+            self.mapping_dim = self.mapping_levels * h.features
             self.heads = nn.ModuleDict({
                 "fg": mlp(self.mapping_dim, h.hidden, h.layers, 2, zero_last=True),
                 "bg": mlp(self.mapping_dim, h.hidden, h.layers, 2, zero_last=True),
@@ -88,9 +89,9 @@ class LayeredAtlas(nn.Module):
     def fields(self, xyt: torch.Tensor, which: tuple[str, ...] = FIELDS) -> dict[str, torch.Tensor]:
         """Outputs ``uv_fg``, ``uv_bg`` [N, 2] and/or ``alpha`` [N] of the fields in ``which`` at xyt [N, 3]."""
         if self.kind == "hash":
-            feats = self.grid_xyt.encode_all((xyt + 1.0) * 0.5, tuple(self.FIELDS.index(k) for k in which))
-            raw = {k: self.heads[k](f if k == "alpha" else f[:, :self.mapping_dim]).float()
-                   for k, f in zip(which, feats)}
+            levels = tuple(None if k == "alpha" else self.mapping_levels for k in which)
+            feats = self.grid_xyt.encode_all((xyt + 1.0) * 0.5, tuple(self.FIELDS.index(k) for k in which), levels)
+            raw = {k: self.heads[k](f).float() for k, f in zip(which, feats)}
         else:
             raw = {k: self.nets[k](xyt) for k in which}
         out = {}
