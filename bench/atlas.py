@@ -1,7 +1,8 @@
 """Atlas fitting benchmark: reconstruction PSNR against wall time, hash grid vs positional encoding.
 
     python -m bench.atlas [--video PATH] [--size 480] [--frames 16] [--hash-iterations 3000]
-                          [--pe-iterations 3000] [--evals 12] [--pe-evals N] [--batch 10000] [--device auto]
+                          [--pe-iterations 3000] [--evals 12] [--pe-evals N] [--eval-pixels P]
+                          [--batch 10000] [--device auto]
                           [--hash-set key=value ...] [--pe-set key=value ...] [--json OUT]
 
 Fits the same clip twice on the same device, once with each encoding, evaluating the mean
@@ -28,7 +29,7 @@ import numpy as np
 from pipeline import media
 from pipeline.config import apply_overrides, from_dict
 from stages.atlas.config import AtlasConfig
-from stages.atlas.fit import FitData, fit_atlas, pick_device
+from stages.atlas.fit import FitData, Normaliser, fit_atlas, pick_device
 from stages.atlas.flow import dense_flow
 from stages.atlas.masks import layer_motions, row_masks
 from stages.atlas.render import evaluate, frame_psnr
@@ -85,10 +86,39 @@ def eval_iterations(total: int, evals: int, first: int = 10) -> set[int]:
     return {int(round(p)) for p in points} | {total}
 
 
-def run(config: AtlasConfig, data: FitData, frames: np.ndarray, evals: int, device) -> list[tuple[float, float]]:
+def sampled_psnr(model, frames: np.ndarray, pixels: np.ndarray | None, device, amp: bool, chunk: int) -> float:
+    """Mean per-frame reconstruction PSNR (dB) of frames uint8 [T, H, W, 3].
+
+    ``pixels``: flat pixel indices [P] evaluated in every frame (the same for every curve
+    point and both encodings, so curves stay comparable), or None for every pixel.
+    """
+    import torch
+
+    t_n, h, w = frames.shape[:3]
+    if pixels is None:
+        return float(np.mean(frame_psnr(evaluate(model, (t_n, h, w), device, chunk, amp)["rgb"], frames)))
+    ys, xs = torch.from_numpy(pixels // w).to(device), torch.from_numpy(pixels % w).to(device)
+    norm = Normaliser(t_n, h, w)
+    use_amp = amp and device.type == "cuda"
+    psnrs = []
+    with torch.no_grad():
+        for t in range(t_n):
+            rgb = []
+            for s in range(0, len(pixels), chunk):
+                pts = norm.xyt(xs[s:s + chunk], ys[s:s + chunk], torch.full_like(xs[s:s + chunk], t))
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    rgb.append(model(pts)["rgb"].float().clamp(0, 1).cpu().numpy())
+            target = frames[t].reshape(-1, 3)[pixels]
+            psnrs.append(frame_psnr(np.concatenate(rgb)[None, :, None], target[None, :, None])[0])
+    return float(np.mean(psnrs))
+
+
+def run(config: AtlasConfig, data: FitData, frames: np.ndarray, evals: int, device,
+        pixels: np.ndarray | None) -> tuple[list[tuple[float, float]], float]:
+    """The (fit seconds, PSNR) curve of one fit and its final full-frame mean PSNR."""
     curve: list[tuple[float, float]] = []
-    shape = frames.shape[:3]
     at = eval_iterations(config.total_iterations, evals)
+    final: list[float] = []
 
     def callback(it: int, seconds: float, model) -> None:
         if it not in at:
@@ -97,13 +127,15 @@ def run(config: AtlasConfig, data: FitData, frames: np.ndarray, evals: int, devi
             import torch
 
             torch.cuda.synchronize()
-        ev = evaluate(model, shape, device, config.eval_chunk, config.amp)
-        psnr = float(np.mean(frame_psnr(ev["rgb"], frames)))
+        psnr = sampled_psnr(model, frames, pixels, device, config.amp, config.eval_chunk)
         curve.append((seconds, psnr))
         log.info("%s it %d: %.1f s, %.2f dB", config.encoding, it, seconds, psnr)
+        if it == config.total_iterations:
+            final.append(sampled_psnr(model, frames, None, device, config.amp, config.eval_chunk))
+            log.info("%s final, every pixel: %.2f dB", config.encoding, final[0])
 
     fit_atlas(data, config, device, callback=callback, callback_every=1)
-    return curve
+    return curve, final[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,10 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=480)
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--hash-iterations", type=int, default=3000)
-    parser.add_argument("--pe-iterations", type=int, default=3000)
+    parser.add_argument("--pe-iterations", type=int, default=3000, help="0: fit the hash encoding only")
     parser.add_argument("--batch", type=int, default=10000)
     parser.add_argument("--evals", type=int, default=12)
     parser.add_argument("--pe-evals", type=int, help="evaluations of the PE fit (default: --evals)")
+    parser.add_argument("--eval-pixels", type=int, default=0,
+                        help="pixels per frame for the curve points (a fixed random subset; 0: all); "
+                             "the final PSNR always uses every pixel")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--hash-set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--pe-set", action="append", default=[], metavar="KEY=VALUE")
@@ -127,12 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     frames, name = load_clip(args.video, args.size, args.frames)
     t, h, w = frames.shape[:3]
     base = {"batch_pixels": args.batch, "device": args.device}
-    configs = {
-        "hash": from_dict(AtlasConfig, apply_overrides(
-            {**base, "encoding": "hash", "iterations": args.hash_iterations}, args.hash_set), "--hash-set"),
-        "pe": from_dict(AtlasConfig, apply_overrides(
-            {**base, "encoding": "pe", "iterations": args.pe_iterations}, args.pe_set), "--pe-set"),
-    }
+    configs = {"hash": from_dict(AtlasConfig, apply_overrides(
+        {**base, "encoding": "hash", "iterations": args.hash_iterations}, args.hash_set), "--hash-set")}
+    if args.pe_iterations > 0:  # 0: the hash fit alone (a quality run, no comparison)
+        configs["pe"] = from_dict(AtlasConfig, apply_overrides(
+            {**base, "encoding": "pe", "iterations": args.pe_iterations}, args.pe_set), "--pe-set")
     device = pick_device(args.device)
     start = time.perf_counter()
     flow = dense_flow(frames)
@@ -141,32 +175,52 @@ def main(argv: list[str] | None = None) -> int:
     log.info("%s: %dx%dx%d, flow + masks (%s) %.1f s", name, w, h, t, source, time.perf_counter() - start)
     data = FitData.build(frames, masks, flow, device, np.stack(layer_motions(flow, masks)))
     evals = {"hash": args.evals, "pe": args.pe_evals or args.evals}
-    curves = {k: run(cfg, data, frames, evals[k], device) for k, cfg in configs.items()}
+    pixels = None
+    if args.eval_pixels and args.eval_pixels < h * w:
+        pixels = np.sort(np.random.default_rng(0).choice(h * w, args.eval_pixels, replace=False))
+    results = {k: run(cfg, data, frames, evals[k], device, pixels) for k, cfg in configs.items()}
+    curves = {k: r[0] for k, r in results.items()}
+    full = {k: r[1] for k, r in results.items()}
 
-    final = {k: c[-1][1] for k, c in curves.items()}
-    target = min(final.values())
-    t_hash, t_pe = time_to_reach(curves["hash"], target), time_to_reach(curves["pe"], target)
-    ratio = (t_pe / t_hash) if t_hash and t_pe else None
     print(f"clip: {name} {w}x{h}, {t} frames, device {device.type}, batch {args.batch}")
     for k, c in curves.items():
-        print(f"{k:>4}: " + "  ".join(f"{s:.0f}s:{p:.2f}dB" for s, p in c))
-    print(f"final PSNR: hash {final['hash']:.2f} dB in {curves['hash'][-1][0]:.0f} s, "
-          f"pe {final['pe']:.2f} dB in {curves['pe'][-1][0]:.0f} s")
-    early = curves["hash"][0][1] >= target  # reached before the first evaluation: a bound only
-    bound = " (hash passed it before its first evaluation, interpolated from 0 dB at 0 s: a lower bound)" \
-        if early else ""
-    print(f"equal PSNR {target:.2f} dB: hash {t_hash:.0f} s, pe {t_pe:.0f} s -> speed-up "
-          f"{ratio:.1f}x{bound}" if ratio else f"equal PSNR {target:.2f} dB: not reached by both")
-    ladder = speedup_ladder(curves["hash"], curves["pe"])
-    if ladder:
-        print("speed-up at each PE evaluation (PSNR: pe s / hash s = ratio): " + "  ".join(
-            f"{p:.1f}dB: {tp:.0f}/{th:.1f}={tp / th:.0f}x" for p, tp, th in ladder))
+        print(f"{k:>4}: " + "  ".join(f"{s:.1f}s:{p:.2f}dB" for s, p in c))
+    sampled = "" if pixels is None else f" ({len(pixels)} pixels per frame)"
+    print("final PSNR: " + ", ".join(f"{k} {c[-1][1]:.2f} dB in {c[-1][0]:.0f} s" for k, c in curves.items())
+          + sampled)
+    print("final PSNR over every pixel of every frame: " + ", ".join(f"{k} {v:.2f} dB" for k, v in full.items()))
+    summary = compare(curves) if "pe" in curves else {}
+    if summary:
+        print_comparison(summary)
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"clip": name, "shape": [t, h, w], "device": device.type, "curves": curves, "final": final,
-                       "equal_psnr_db": target, "speedup": ratio,
-                       "ladder": ladder}, handle, indent=1)
+            json.dump({"clip": name, "shape": [t, h, w], "device": device.type, "batch": args.batch,
+                       "curves": curves, "final_all_pixels": full, **summary}, handle, indent=1)
     return 0
+
+
+def compare(curves: dict[str, list[tuple[float, float]]]) -> dict:
+    """Speed-up of hash over PE at equal PSNR: at the lower final PSNR, and at every PE evaluation."""
+    target = min(c[-1][1] for c in curves.values())
+    t_hash, t_pe = time_to_reach(curves["hash"], target), time_to_reach(curves["pe"], target)
+    return {"equal_psnr_db": target, "hash_seconds": t_hash, "pe_seconds": t_pe,
+            "speedup": (t_pe / t_hash) if t_hash and t_pe else None,
+            "lower_bound": curves["hash"][0][1] >= target,  # reached before the hash fit's first evaluation
+            "ladder": speedup_ladder(curves["hash"], curves["pe"])}
+
+
+def print_comparison(summary: dict) -> None:
+    target, ratio = summary["equal_psnr_db"], summary["speedup"]
+    if ratio is None:
+        print(f"equal PSNR {target:.2f} dB: not reached by both")
+    else:
+        bound = " (hash passed it before its first evaluation, interpolated from 0 dB at 0 s: a lower bound)" \
+            if summary["lower_bound"] else ""
+        print(f"equal PSNR {target:.2f} dB: hash {summary['hash_seconds']:.1f} s, pe {summary['pe_seconds']:.0f} s"
+              f" -> speed-up {ratio:.1f}x{bound}")
+    if summary["ladder"]:
+        print("speed-up at each PE evaluation (PSNR: pe s / hash s = ratio): " + "  ".join(
+            f"{p:.1f}dB: {tp:.0f}/{th:.1f}={tp / th:.0f}x" for p, tp, th in summary["ladder"]))
 
 
 if __name__ == "__main__":

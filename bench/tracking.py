@@ -85,7 +85,7 @@ def evaluate(tracker, clip: Clip) -> dict:
 def forward_backward_error(tracker, frames: np.ndarray, grid: int = 32) -> np.ndarray:
     """Distances (px) between grid points and their positions after tracking to the last frame and
     back, for points visible in every frame: float [M]."""
-    from stages.trajectories import grid_points
+    from stages.motion_conditions import grid_points
 
     t_len, h, w = frames.shape[:3]
     pts = grid_points(h, w, size=grid)

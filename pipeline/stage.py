@@ -10,6 +10,7 @@ first error is never overwritten. Only ``pipeline/runner.py`` knows about Ray.
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import logging
@@ -89,6 +90,12 @@ class Stage(ABC):
 
     def close(self) -> None:
         """Release resources held since :meth:`setup`."""
+
+
+def import_stage_class(target: str) -> type[Stage]:
+    """The class named by ``"package.module:ClassName"``, imported on first use (registries stay lazy)."""
+    module_name, class_name = target.split(":")
+    return getattr(importlib.import_module(module_name), class_name)
 
 
 def add_output(row: dict, name: str, url: str) -> None:

@@ -128,22 +128,32 @@ def read_bytes(url: str, options: StorageOptions | None = None) -> bytes:
     return fs.cat_file(path)
 
 
+@contextlib.contextmanager
+def _atomic_local_file(path: str) -> Iterator[str]:
+    """A temporary file beside local ``path`` to write; it replaces ``path`` only if the block succeeds.
+
+    Readers never see a half-written file, and a failed write leaves nothing behind.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def write_bytes(url: str, data: bytes, options: StorageOptions | None = None) -> str:
     """Write ``data`` to ``url`` atomically; returns ``url``."""
     fs, path = get_fs(url, options)
     if protocol_of(url) == "file":
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.chmod(tmp, _FILE_MODE)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        with _atomic_local_file(path) as tmp, open(tmp, "wb") as handle:
+            handle.write(data)
     else:
         fs.pipe_file(path, data)
     return url
@@ -153,18 +163,9 @@ def upload_file(local_path: str, url: str, options: StorageOptions | None = None
     """Copy a local file to ``url`` atomically; returns ``url``."""
     fs, path = get_fs(url, options)
     if protocol_of(url) == "file":
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
-        try:
-            with open(local_path, "rb") as src, open(tmp, "wb") as dst:
-                while chunk := src.read(1 << 22):
-                    dst.write(chunk)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        with _atomic_local_file(path) as tmp, open(local_path, "rb") as src, open(tmp, "wb") as dst:
+            while chunk := src.read(1 << 22):
+                dst.write(chunk)
     else:
         fs.put_file(local_path, path)
     return url

@@ -7,9 +7,7 @@ itself. Modules are imported on first use.
 
 from __future__ import annotations
 
-import importlib
-
-from pipeline.stage import Stage
+from pipeline.stage import Stage, import_stage_class
 
 # pipeline order: earlier stages' outputs (tracks, depth) are available to later ones
 STAGE_ORDER: dict[str, str] = {
@@ -23,5 +21,4 @@ def get_stage(name: str) -> type[Stage]:
     target = STAGE_ORDER.get(name)
     if target is None:
         raise KeyError(f"unknown stage {name!r} (known: {', '.join(STAGE_ORDER)})")
-    module_name, class_name = target.split(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    return import_stage_class(target)

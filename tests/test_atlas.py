@@ -1,7 +1,7 @@
 """The atlas stage and the atlas_edit method on the synthetic sample, whose layers are known.
 
 One small fit (64x64, 12 frames, 500 hash-grid iterations) is shared by the tests of this
-module; it takes about half a minute on two CPU cores.
+module; it takes about 15 s on two CPU cores.
 """
 
 from __future__ import annotations
@@ -209,3 +209,14 @@ def test_nan_and_divergence_detected():
     with pytest.raises(AtlasFitError, match="diverged"):
         check_losses({"rgb": 1.0, "_mse": 0.5}, 1000, 0.001, 50.0)
     check_losses({"rgb": 1.0, "_mse": 0.01}, 1000, 0.001, 50.0)
+
+
+def test_nan_fit_ends_the_row_not_the_job(clip, tmp_path):
+    ctx = context(str(tmp_path))
+    config = from_dict(AtlasConfig, {**TEST_ATLAS, "iterations": 20, "check_every": 5,
+                                     "weights": {"rgb": float("nan")}})
+    out = run_stage(AtlasStage(config, ctx), decoded(clip, ctx))
+    assert out["status"] == "error" and out["error_stage"] == "atlas"
+    assert out["error"].startswith("AtlasFitError") and "nan" in out["error"]
+    cached = [f for _, _, files in os.walk(ctx.cache_url) for f in files if f == "meta.json"]
+    assert cached == []  # a failed fit is never taken for a cache hit

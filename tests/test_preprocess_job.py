@@ -10,9 +10,10 @@ import os
 import numpy as np
 import pytest
 
-from jobs.preprocess_trajectories import ShardConfig, ShardStore, main, read_shard, shard_schema
+from jobs.preprocess_trajectories import main
+from jobs.trajectory_shards import ShardConfig, ShardStore, read_shard, shard_schema
 from pipeline import media
-from stages.trajectories import gaussian_kernel, motion_conditions, selection_probabilities
+from stages.motion_conditions import gaussian_kernel, motion_conditions, selection_probabilities
 
 pytestmark = pytest.mark.slow
 

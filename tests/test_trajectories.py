@@ -11,9 +11,7 @@ import pytest
 from pipeline import storage
 from pipeline.config import ConfigError, from_dict
 from pipeline.stage import RunContext, run_stage
-from stages.trajectories import (
-    TrajectoryConfig,
-    TrajectoryStage,
+from stages.motion_conditions import (
     displacement_impulses,
     gaussian_kernel,
     gaussian_smooth,
@@ -26,6 +24,7 @@ from stages.trajectories import (
     selection_probabilities,
     video_seed,
 )
+from stages.trajectories import TrajectoryConfig, TrajectoryStage
 
 
 def test_grid_stride_size_and_mask():

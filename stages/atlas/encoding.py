@@ -121,6 +121,7 @@ class HashGridEncoding(nn.Module):
         self.register_buffer("_dense", torch.tensor(dense, dtype=torch.bool), persistent=False)
         strides = [[(r + 1) ** i for i in range(dims)] for r in self.resolutions]
         self.register_buffer("_strides", torch.tensor(strides, dtype=torch.int64), persistent=False)  # [L, d]
+        self.register_buffer("_primes", torch.tensor(PRIMES[:dims], dtype=torch.int64), persistent=False)
         self.tables = nn.ParameterList(
             nn.Parameter(torch.empty(offsets[-1], features).uniform_(-init_scale, init_scale))
             for _ in range(tables))
@@ -160,8 +161,7 @@ class HashGridEncoding(nn.Module):
             parts.append(self._combine(terms.int(), torch.add))
         if n_dense < levels:
             c = corners[:, n_dense:]
-            primes = torch.tensor(PRIMES[:self.dims], dtype=torch.int64, device=x.device)
-            terms = (c * primes[None, None, :, None]) & (self.table_size - 1)
+            terms = (c * self._primes[None, None, :, None]) & (self.table_size - 1)
             hashed = self._combine(terms.int(), torch.bitwise_xor)
             parts.append(hashed + self._offsets[None, n_dense:levels, None].int())
         index = parts[0] if len(parts) == 1 else torch.cat(parts, 1)

@@ -7,8 +7,7 @@ subclass and one line in ``_METHODS``.
 
 from __future__ import annotations
 
-import importlib
-
+from pipeline.stage import import_stage_class
 from stages.edit.base import EditStage
 
 _METHODS: dict[str, str] = {
@@ -31,5 +30,4 @@ def get_method(name: str) -> type[EditStage]:
     target = _METHODS.get(name)
     if target is None:
         raise UnknownMethodError(f"unknown method {name!r} (known: {', '.join(method_names())})")
-    module_name, class_name = target.split(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    return import_stage_class(target)
