@@ -7,6 +7,11 @@ the level's ``(res + 1) ** d`` vertices fit in ``2 ** log2_table_size`` entries 
 spatially hashed table otherwise (``xor_i(c_i * prime_i) mod 2 ** log2_table_size`` with the
 Instant-NGP primes). Features are interpolated bilinearly (d = 2) or trilinearly (d = 3)
 from the cell's ``2 ** d`` corners and the levels' features are concatenated.
+
+Speed on the CPU (where the pipeline runs out of the box): corner indices are built in int32,
+dense and hashed levels each on their own range, and the interpolation's backward is
+hand-written (:class:`_InterpolateCPU`); a field that reads only coarse levels computes and
+back-propagates only those. On CUDA the same math runs through autograd's own kernels.
 """
 
 from __future__ import annotations

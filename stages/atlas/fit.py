@@ -22,6 +22,7 @@ import torch
 from stages.atlas import losses as L
 from stages.atlas.config import AtlasConfig
 from stages.atlas.flow import FlowField
+from stages.atlas.motion_init import compensation
 from stages.atlas.networks import LayeredAtlas
 
 log = logging.getLogger(__name__)
@@ -53,16 +54,6 @@ class Normaliser:
     @property
     def half(self) -> float:
         return (max(self.height, self.width) - 1) / 2.0
-
-    def compensation(self, motions: np.ndarray) -> torch.Tensor:
-        """[2, T, 2, 3] frame-0 -> frame-t pixel affines as frame-t -> frame-0 affines on network xy."""
-        out = np.zeros(motions.shape)
-        to_net = np.array([[1 / self.half, 0, -1], [0, 1 / self.half, -1], [0, 0, 1]])
-        for layer in range(motions.shape[0]):
-            for t in range(motions.shape[1]):
-                forward = np.vstack([motions[layer, t], [0, 0, 1]])
-                out[layer, t] = (to_net @ np.linalg.inv(forward) @ np.linalg.inv(to_net))[:2]
-        return torch.from_numpy(out).float()
 
     def xyt(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         tn = t.float() / max(self.num_frames - 1, 1) * 2.0 - 1.0
@@ -140,29 +131,29 @@ def training_losses(model: LayeredAtlas, data: FitData, norm: Normaliser, config
     target = data.frames[t, y, x]
     target_dx, target_dy = data.frames[t, y, x + 1], data.frames[t, y + 1, x]
     weights, sched = config.weights, config.schedule
-    px_per_uv = norm.half / model.scale
-    step_uv = sched.rigidity_step_px / px_per_uv
+    # frame pixels per uv unit, per layer: a layer shrunk to fit the atlas (motion_init) has a smaller identity
+    px_fg, px_bg = (norm.half / (model.scale * float(s)) for s in model.layer_scales)
+    rigid = sched.rigidity_step_px
 
     terms: dict[str, torch.Tensor] = {}
     terms["rgb"] = weights.rgb * L.rgb_loss(rgb[0], target)
     terms["gradient"] = weights.gradient * L.gradient_loss(rgb[0], rgb[1], rgb[2], target, target_dx, target_dy)
     terms["rigidity"] = weights.rigidity * (
-        L.symmetric_dirichlet(L.jacobian_fd(uvf[0], uvf[1], uvf[2], step_uv))
-        + L.symmetric_dirichlet(L.jacobian_fd(uvb[0], uvb[1], uvb[2], step_uv)))
+        L.symmetric_dirichlet(L.jacobian_fd(uvf[0], uvf[1], uvf[2], rigid / px_fg))
+        + L.symmetric_dirichlet(L.jacobian_fd(uvb[0], uvb[1], uvb[2], rigid / px_bg)))
     a_here = alpha.detach()
     valid = torch.cat([valid_f, valid_b])
     a2 = torch.cat([a_here, a_here])
     uvf2, uvb2 = torch.cat([uvf[0], uvf[0]]), torch.cat([uvb[0], uvb[0]])
-    terms["flow"] = weights.flow * (L.flow_loss(uvf2, uvf_q.float(), a2 * valid, px_per_uv)
-                                    + L.flow_loss(uvb2, uvb_q.float(), (1.0 - a2) * valid, px_per_uv))
+    terms["flow"] = weights.flow * (L.flow_loss(uvf2, uvf_q.float(), a2 * valid, px_fg)
+                                    + L.flow_loss(uvb2, uvb_q.float(), (1.0 - a2) * valid, px_bg))
     terms["alpha_flow"] = weights.alpha_flow * L.alpha_flow_loss(torch.cat([alpha, alpha]), alpha_q.float(), valid)
     terms["sparsity"] = weights.sparsity * L.sparsity_loss(out["rgb_fg"].float()[:n], alpha)
     if early:
-        gstep = g / px_per_uv
         gf, gb = uvf_g.float().split(n), uvb_g.float().split(n)
         terms["global_rigidity"] = (
-            weights.global_rigidity_fg * L.symmetric_dirichlet(L.jacobian_fd(uvf[0], gf[0], gf[1], gstep))
-            + weights.global_rigidity_bg * L.symmetric_dirichlet(L.jacobian_fd(uvb[0], gb[0], gb[1], gstep)))
+            weights.global_rigidity_fg * L.symmetric_dirichlet(L.jacobian_fd(uvf[0], gf[0], gf[1], g / px_fg))
+            + weights.global_rigidity_bg * L.symmetric_dirichlet(L.jacobian_fd(uvb[0], gb[0], gb[1], g / px_bg)))
     if iteration < sched.bootstrap_until:
         terms["bootstrap"] = weights.bootstrap * L.bootstrap_loss(alpha, data.masks[t, y, x])
     terms["total"] = sum(terms.values())
@@ -195,8 +186,10 @@ def fit_atlas(data: FitData, config: AtlasConfig, device: torch.device, *, itera
     generator.manual_seed(config.seed)
     t_n, h, w = data.frames.shape[:3]
     norm = Normaliser(t_n, h, w)
-    motions = norm.compensation(data.motions) if data.motions is not None and config.motion_init else None
-    model = LayeredAtlas(config, t_n, motions).to(device)
+    motions = scales = None
+    if data.motions is not None and config.motion_init:
+        motions, scales = compensation(data.motions, (t_n, h, w), data.masks.cpu().numpy() > 0.5)
+    model = LayeredAtlas(config, t_n, motions, scales).to(device)
     opt = torch.optim.Adam(model.parameter_groups(config), betas=(0.9, 0.99), eps=1e-15)
     total_its = iterations or config.total_iterations
     best_mse, ema = math.inf, None

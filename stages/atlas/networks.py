@@ -56,14 +56,17 @@ class LayeredAtlas(nn.Module):
 
     FIELDS = ("fg", "bg", "alpha")
 
-    def __init__(self, config: AtlasConfig, num_frames: int = 2, motions: torch.Tensor | None = None):
+    def __init__(self, config: AtlasConfig, num_frames: int = 2, motions: torch.Tensor | None = None,
+                 layer_scales: torch.Tensor | None = None):
         super().__init__()
         self.kind = config.encoding
         self.scale = config.identity_scale
         self.num_frames = num_frames
-        # per-frame affines [2 layers, T, 2, 3] in network coordinates, frame t -> frame 0 (identity: none)
+        # per-frame affines [2 layers, T, 2, 3] in network coordinates, frame t -> atlas (identity: none)
         eye = torch.eye(2, 3).expand(2, num_frames, 2, 3).clone()
         self.register_buffer("motions", eye if motions is None else motions.float().clone())
+        # per-layer shrink of the motion-compensated identity so a whole layer fits the atlas (motion_init.py)
+        self.register_buffer("layer_scales", torch.ones(2) if layer_scales is None else layer_scales.float().clone())
         if self.kind == "hash":
             h = config.hash
             grid = dict(levels=h.levels, features=h.features, log2_table_size=h.log2_table_size,

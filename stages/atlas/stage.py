@@ -41,10 +41,14 @@ class AtlasLimitError(ValueError):
     """The video exceeds the atlas stage's frame or pixel budget."""
 
 
+FIT_VERSION = 2  # bump when the fitting math changes, so fits made by older code are not reused
+
+
 def fit_key(config: AtlasConfig, frames: np.ndarray, mask_digest: str) -> str:
-    """16 hex digits identifying a fit: config (runtime settings excluded), frames and mask."""
+    """16 hex digits identifying a fit: fitting code version, config (runtime settings excluded), frames, mask."""
     cfg = {k: v for k, v in to_dict(config).items() if k not in RUNTIME_KEYS}
-    digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
+    digest = hashlib.sha256(f"v{FIT_VERSION}".encode())
+    digest.update(json.dumps(cfg, sort_keys=True).encode())
     digest.update(str(frames.shape).encode())
     digest.update(hashlib.sha256(np.ascontiguousarray(frames).data).digest())
     digest.update(mask_digest.encode())

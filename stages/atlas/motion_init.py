@@ -1,0 +1,90 @@
+"""Motion-compensated starting point of the layer mappings (``motion_init``; see docs/atlas.md).
+
+Each layer's per-frame motion (float64 [T, 2, 3] affines taking frame-0 pixels to frame-t
+pixels, from :func:`stages.atlas.masks.layer_motions`) becomes a frame-t -> atlas affine on
+network coordinates (pixels / half the larger side - 1), so that at initialisation every frame
+maps its layer onto the same atlas place. When the frames carried back this way cover more
+than the atlas domain ``[-1, 1] ** 2`` — a camera pan, an object crossing the frame — the layer
+is shrunk (by ``scale`` <= 1) and re-centred so all of it fits: otherwise later frames would be
+clamped onto the atlas border and could never be reconstructed. The fit then measures that
+layer's rigidity and flow in its own units (``scale`` x ``identity_scale`` uv per network unit).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def to_network(half: float) -> np.ndarray:
+    """[3, 3] homogeneous map from pixel (x, y) to network coordinates ``p / half - 1``."""
+    return np.array([[1 / half, 0, -1], [0, 1 / half, -1], [0, 0, 1]])
+
+
+def frame_to_reference(motions: np.ndarray, half: float) -> np.ndarray:
+    """float64 [T, 3, 3]: network xy of frame t -> network xy of frame 0 (inverse of each motion)."""
+    net = to_network(half)
+    out = np.empty((len(motions), 3, 3))
+    for t, m in enumerate(motions):
+        out[t] = net @ np.linalg.inv(np.vstack([m, [0, 0, 1]])) @ np.linalg.inv(net)
+    return out
+
+
+def layer_points(shape: tuple[int, int, int], half: float, masks: np.ndarray | None) -> list[np.ndarray]:
+    """Per frame, float64 [K, 2] network points the layer must keep inside the atlas.
+
+    The frame's corners, or with ``masks`` (bool [T, H, W]) the corners of the mask's bounding
+    box (frames with an empty mask contribute nothing).
+    """
+    t_n, h, w = shape
+    net = to_network(half)
+    out = []
+    for t in range(t_n):
+        if masks is None:
+            x0, y0, x1, y1 = 0, 0, w - 1, h - 1
+        else:
+            ys, xs = np.nonzero(masks[t])
+            if len(xs) == 0:
+                out.append(np.zeros((0, 2)))
+                continue
+            x0, y0, x1, y1 = xs.min(), ys.min(), xs.max(), ys.max()
+        px = np.array([[x0, y0, 1], [x1, y0, 1], [x0, y1, 1], [x1, y1, 1]], np.float64)
+        out.append((px @ net.T)[:, :2])
+    return out
+
+
+def fit_to_atlas(affines: np.ndarray, points: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    """Shrink and re-centre per-frame affines [T, 3, 3] so the carried points fit in [-1, 1] ** 2.
+
+    Returns the new affines and the scale (1.0, affines unchanged, when everything already fits).
+    """
+    carried = [pts @ a[:2, :2].T + a[:2, 2] for a, pts in zip(affines, points) if len(pts)]
+    if not carried:
+        return affines, 1.0
+    allp = np.concatenate(carried)
+    lo, hi = allp.min(0), allp.max(0)
+    if lo.min() >= -1.0 and hi.max() <= 1.0:
+        return affines, 1.0
+    scale = min(1.0, 2.0 / float((hi - lo).max()))
+    centre = (lo + hi) / 2.0
+    fit = np.array([[scale, 0, -scale * centre[0]], [0, scale, -scale * centre[1]], [0, 0, 1]])
+    return fit @ affines, scale
+
+
+def compensation(motions: np.ndarray, shape: tuple[int, int, int], masks: np.ndarray | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame-t -> atlas affines float32 [2, T, 2, 3] and per-layer scales float32 [2] (fg, bg).
+
+    motions: float64 [2, T, 2, 3] frame-0 -> frame-t pixel affines of the two layers; shape
+    (T, H, W); masks: bool [T, H, W] of the foreground (bounds the fg layer; the bg layer is
+    bounded by the whole frame).
+    """
+    t_n, h, w = shape
+    half = (max(h, w) - 1) / 2.0
+    out, scales = [], []
+    for layer, layer_masks in ((0, masks), (1, None)):
+        affines, scale = fit_to_atlas(frame_to_reference(motions[layer], half),
+                                      layer_points(shape, half, layer_masks))
+        out.append(affines[:, :2])
+        scales.append(scale)
+    return torch.from_numpy(np.stack(out)).float(), torch.tensor(scales, dtype=torch.float32)
