@@ -29,25 +29,13 @@ def level_resolutions(levels: int, base_resolution: int, per_level_scale: float)
     return [int(math.floor(base_resolution * per_level_scale**level)) for level in range(levels)]
 
 
-def hash_index(corners: torch.Tensor, table_size: int) -> torch.Tensor:
-    """Spatial hash of integer vertex coordinates.
-
-    corners: int64 [..., d] vertex coordinates. Returns int64 [...] in ``[0, table_size)``;
-    ``table_size`` must be a power of two.
-    """
-    out = corners[..., 0] * PRIMES[0]
-    for i in range(1, corners.shape[-1]):
-        out = torch.bitwise_xor(out, corners[..., i] * PRIMES[i])
-    return out & (table_size - 1)
-
-
 class _InterpolateCPU(torch.autograd.Function):
     """Weighted sum of table rows with a hand-written backward, for the CPU.
 
     Autograd's generic path (``index_select`` then ``bmm`` of [C] x [C, F]) spends most of a
     CPU fit in ``scatter_add`` and batched tiny matrix products; here the table gradient is
     a ``bincount`` with weights per feature and the weight gradient one elementwise product,
-    about 2x faster end to end. Same values and gradients (see tests/test_atlas_units.py).
+    about 2x faster end to end. Same values and gradients (tests/test_atlas_encoding.py).
     table: float [S, F]; index: int [N, L, C]; weights: float [N, L, C] -> float [N, L, F].
     """
 
@@ -79,17 +67,6 @@ def interpolate_rows(table: torch.Tensor, index: torch.Tensor, weights: torch.Te
     feats = table.index_select(0, index.reshape(-1)).reshape(n * levels, corners, -1)
     out = torch.bmm(weights.reshape(n * levels, 1, corners).to(feats.dtype), feats)
     return out.reshape(n, levels, -1)
-
-
-def dense_index(corners: torch.Tensor, resolution: int) -> torch.Tensor:
-    """Row-major index of vertex coordinates in a dense ``(resolution + 1) ** d`` grid: int64 [...]."""
-    side = resolution + 1
-    out = corners[..., 0]
-    stride = 1
-    for i in range(1, corners.shape[-1]):
-        stride *= side
-        out = out + corners[..., i] * stride
-    return out
 
 
 class HashGridEncoding(nn.Module):

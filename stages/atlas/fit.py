@@ -132,7 +132,7 @@ def training_losses(model: LayeredAtlas, data: FitData, norm: Normaliser, config
     target_dx, target_dy = data.frames[t, y, x + 1], data.frames[t, y + 1, x]
     weights, sched = config.weights, config.schedule
     # frame pixels per uv unit, per layer: a layer shrunk to fit the atlas (motion_init) has a smaller identity
-    px_fg, px_bg = (norm.half / (model.scale * float(s)) for s in model.layer_scales)
+    px_fg, px_bg = (norm.half / (model.scale * s) for s in model.layer_scale_values)
     rigid = sched.rigidity_step_px
 
     terms: dict[str, torch.Tensor] = {}

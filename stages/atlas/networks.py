@@ -67,6 +67,7 @@ class LayeredAtlas(nn.Module):
         self.register_buffer("motions", eye if motions is None else motions.float().clone())
         # per-layer shrink of the motion-compensated identity so a whole layer fits the atlas (motion_init.py)
         self.register_buffer("layer_scales", torch.ones(2) if layer_scales is None else layer_scales.float().clone())
+        self.layer_scale_values = tuple(float(v) for v in self.layer_scales)  # for the losses, without a device sync
         if self.kind == "hash":
             h = config.hash
             grid = dict(levels=h.levels, features=h.features, log2_table_size=h.log2_table_size,
