@@ -29,7 +29,7 @@ import numpy as np
 from pipeline import media
 from pipeline.config import apply_overrides, from_dict
 from stages.atlas.config import AtlasConfig
-from stages.atlas.fit import FitData, Normaliser, fit_atlas, pick_device
+from stages.atlas.fit import FitData, fit_atlas, pick_device
 from stages.atlas.flow import dense_flow
 from stages.atlas.masks import layer_motions, row_masks
 from stages.atlas.render import evaluate, frame_psnr
@@ -92,25 +92,9 @@ def sampled_psnr(model, frames: np.ndarray, pixels: np.ndarray | None, device, a
     ``pixels``: flat pixel indices [P] evaluated in every frame (the same for every curve
     point and both encodings, so curves stay comparable), or None for every pixel.
     """
-    import torch
-
-    t_n, h, w = frames.shape[:3]
-    if pixels is None:
-        return float(np.mean(frame_psnr(evaluate(model, (t_n, h, w), device, chunk, amp)["rgb"], frames)))
-    ys, xs = torch.from_numpy(pixels // w).to(device), torch.from_numpy(pixels % w).to(device)
-    norm = Normaliser(t_n, h, w)
-    use_amp = amp and device.type == "cuda"
-    psnrs = []
-    with torch.no_grad():
-        for t in range(t_n):
-            rgb = []
-            for s in range(0, len(pixels), chunk):
-                pts = norm.xyt(xs[s:s + chunk], ys[s:s + chunk], torch.full_like(xs[s:s + chunk], t))
-                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    rgb.append(model(pts)["rgb"].float().clamp(0, 1).cpu().numpy())
-            target = frames[t].reshape(-1, 3)[pixels]
-            psnrs.append(frame_psnr(np.concatenate(rgb)[None, :, None], target[None, :, None])[0])
-    return float(np.mean(psnrs))
+    rgb = evaluate(model, frames.shape[:3], device, chunk, amp, pixels)["rgb"]
+    target = frames if pixels is None else frames.reshape(len(frames), -1, 3)[:, pixels]
+    return float(np.mean(frame_psnr(rgb, target)))
 
 
 def run(config: AtlasConfig, data: FitData, frames: np.ndarray, evals: int, device,

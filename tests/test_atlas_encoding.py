@@ -139,3 +139,20 @@ def test_config_validation():
         from_dict(AtlasConfig, {"identity_scale": 2.0})
     assert AtlasConfig().total_iterations == 20000
     assert from_dict(AtlasConfig, {"encoding": "pe"}).total_iterations == 400000
+
+
+def test_evaluate_on_a_pixel_subset_matches_every_pixel():
+    import numpy as np
+
+    from stages.atlas.render import evaluate
+
+    torch.manual_seed(0)
+    cfg = from_dict(AtlasConfig, {"hash": {"levels": 4, "log2_table_size": 10, "hidden": 8}})
+    model = LayeredAtlas(cfg, num_frames=3).eval()
+    full = evaluate(model, (3, 6, 7), torch.device("cpu"), chunk=5)
+    pixels = np.array([0, 8, 41])
+    part = evaluate(model, (3, 6, 7), torch.device("cpu"), chunk=2, pixels=pixels)
+    assert part["rgb"].shape == (3, 3, 3) and part["uv_fg"].shape == (3, 3, 2)
+    for key in ("rgb", "alpha", "uv_fg", "uv_bg"):
+        np.testing.assert_allclose(part[key], full[key].reshape(3, 42, -1).squeeze(-1)[:, pixels]
+                                   if key == "alpha" else full[key].reshape(3, 42, -1)[:, pixels], atol=1e-6)

@@ -18,22 +18,24 @@ from stages.atlas.networks import LayeredAtlas
 
 @torch.no_grad()
 def evaluate(model: LayeredAtlas, shape: tuple[int, int, int], device: torch.device, chunk: int = 65536,
-             amp: bool = False) -> dict[str, np.ndarray]:
-    """Model outputs at every pixel of a [T, H, W] clip.
+             amp: bool = False, pixels: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Model outputs at every pixel of a [T, H, W] clip (or at the flat pixel indices ``pixels`` [P]).
 
     Returns float32 arrays: ``uv_fg``, ``uv_bg`` [T, H, W, 2] texture coordinates, ``alpha``
-    [T, H, W] and ``rgb`` [T, H, W, 3] in [0, 1] (the reconstruction).
+    [T, H, W] and ``rgb`` [T, H, W, 3] in [0, 1] (the reconstruction); with ``pixels`` the
+    [H, W] axes are one [P] axis of those pixels, the same in every frame.
     """
     t_n, h, w = shape
     norm = Normaliser(t_n, h, w)
-    ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
-    xs, ys = xs.reshape(-1), ys.reshape(-1)
-    out = {"uv_fg": np.empty((t_n, h * w, 2), np.float32), "uv_bg": np.empty((t_n, h * w, 2), np.float32),
-           "alpha": np.empty((t_n, h * w), np.float32), "rgb": np.empty((t_n, h * w, 3), np.float32)}
+    flat = torch.arange(h * w, device=device) if pixels is None else torch.from_numpy(pixels).to(device)
+    xs, ys = flat % w, flat // w
+    p = len(flat)
+    out = {"uv_fg": np.empty((t_n, p, 2), np.float32), "uv_bg": np.empty((t_n, p, 2), np.float32),
+           "alpha": np.empty((t_n, p), np.float32), "rgb": np.empty((t_n, p, 3), np.float32)}
     use_amp = amp and device.type == "cuda"
     for t in range(t_n):
         tt = torch.full_like(xs, t)
-        for s in range(0, h * w, chunk):
+        for s in range(0, p, chunk):
             pts = norm.xyt(xs[s:s + chunk], ys[s:s + chunk], tt[s:s + chunk])
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                 res = model(pts)
@@ -41,6 +43,8 @@ def evaluate(model: LayeredAtlas, shape: tuple[int, int, int], device: torch.dev
             out["uv_bg"][t, s:s + chunk] = ((res["uv_bg"].float() + 1) / 2).cpu().numpy()
             out["alpha"][t, s:s + chunk] = res["alpha"].float().cpu().numpy()
             out["rgb"][t, s:s + chunk] = res["rgb"].float().clamp(0, 1).cpu().numpy()
+    if pixels is not None:
+        return out
     return {"uv_fg": out["uv_fg"].reshape(t_n, h, w, 2), "uv_bg": out["uv_bg"].reshape(t_n, h, w, 2),
             "alpha": out["alpha"].reshape(t_n, h, w), "rgb": out["rgb"].reshape(t_n, h, w, 3)}
 
