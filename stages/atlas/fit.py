@@ -4,8 +4,12 @@ Each iteration samples ``batch_pixels`` random pixels (x, y, t) of the clip and 
 model there and at the neighbours the losses need: (x + 1, y) and (x, y + 1) for the
 gradient loss and the 1 px rigidity Jacobian; the forward/backward flow targets for the flow
 and alpha-flow losses; (x + g, y), (x, y + g) with g = 100 px for global rigidity in the early
-phase. NaN or diverging losses raise :class:`AtlasFitError`, which ends that row only. On
-CUDA the networks run under bfloat16 autocast (``amp``); losses are computed in float32.
+phase. NaN or diverging losses raise :class:`AtlasFitError`, which ends that row only.
+
+Precision: with ``amp`` on a CUDA device that supports bfloat16 the networks run under bfloat16
+autocast, but every geometric quantity stays float32 (sample coordinates, flow targets, UVs
+and their 1 px / 100 px differences: see :mod:`stages.atlas.networks`); only the alpha and
+atlas-colour MLP trunks compute in bfloat16. Losses are computed in float32.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline import devices
 from stages.atlas import losses as L
 from stages.atlas.config import AtlasConfig
 from stages.atlas.flow import FlowField
@@ -34,13 +39,9 @@ class AtlasFitError(RuntimeError):
     """The fit failed: NaN or diverging losses."""
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; asking for CUDA without it is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("atlas.device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
+def amp_dtype(config: AtlasConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a fit: bfloat16 with ``amp`` on a CUDA device that has it, else None."""
+    return devices.autocast_dtype(device) if config.amp else None
 
 
 @dataclass
@@ -93,8 +94,12 @@ class FitResult:
 
 
 def training_losses(model: LayeredAtlas, data: FitData, norm: Normaliser, config: AtlasConfig, iteration: int,
-                    generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
-    """The weighted NLA loss terms of one random batch (a dict of scalars, plus ``total``)."""
+                    generator: torch.Generator, device: torch.device,
+                    amp: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The weighted NLA loss terms of one random batch (a dict of float32 scalars, plus ``total``).
+
+    ``amp``: the autocast dtype of the networks' forward passes (None: float32 throughout).
+    """
     t_n, h, w = data.frames.shape[:3]
     n = config.batch_pixels
     x = torch.randint(0, w - 1, (n,), generator=generator, device=device)
@@ -115,8 +120,7 @@ def training_losses(model: LayeredAtlas, data: FitData, norm: Normaliser, config
     early = iteration < config.schedule.global_rigidity_until
     g = min(config.schedule.global_rigidity_step_px, max(h, w) / 4.0)
 
-    use_amp = config.amp and device.type == "cuda"
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+    with torch.autocast(device_type=device.type, dtype=amp or torch.float32, enabled=amp is not None):
         out = model(pts)
         q = model.fields(flow_pts)
         uvf_q, uvb_q, alpha_q = q["uv_fg"], q["uv_bg"], q["alpha"]
@@ -192,11 +196,12 @@ def fit_atlas(data: FitData, config: AtlasConfig, device: torch.device, *, itera
     model = LayeredAtlas(config, t_n, motions, scales).to(device)
     opt = torch.optim.Adam(model.parameter_groups(config), betas=(0.9, 0.99), eps=1e-15)
     total_its = iterations or config.total_iterations
+    amp = amp_dtype(config, device)
     best_mse, ema = math.inf, None
     fit_seconds, start = 0.0, time.perf_counter()
     values: dict[str, float] = {}
     for it in range(total_its):
-        terms = training_losses(model, data, norm, config, it, generator, device)
+        terms = training_losses(model, data, norm, config, it, generator, device, amp)
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()
         opt.step()

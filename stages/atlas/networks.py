@@ -7,6 +7,13 @@ foreground at ``uv * 0.5 + 0.5`` and the background at ``uv * 0.5 - 0.5`` (two d
 quadrants of ``[-1, 1] ** 2``), as in Neural Layered Atlases. Mappings are a scaled identity
 plus a learned residual whose last layer starts at zero, so ``uv = identity_scale * xy``
 exactly at initialisation. Alpha is ``0.5 (tanh + 1)`` squeezed into ``[0.005, 0.995]``.
+
+Precision: under autocast (bfloat16 on CUDA) the geometry stays float32. Coordinates, the
+encodings (hash-grid corner weights and interpolation, positional encodings), the per-frame
+motion compensation and the whole foreground/background *mapping* fields (encoding, MLP and
+output: ``uv``, whose 1 px differences feed the rigidity, gradient and flow terms) run with
+autocast disabled. Only the alpha and atlas-colour MLP trunks run in the autocast dtype; their
+outputs are cast back to float32. A bfloat16 step near 1.0 is 2^-7, i.e. ~3 px at 768 px wide.
 """
 
 from __future__ import annotations
@@ -16,6 +23,11 @@ from torch import nn
 
 from stages.atlas.config import AtlasConfig
 from stages.atlas.encoding import HashGridEncoding, PositionalEncoding
+
+
+def full_precision(x: torch.Tensor):
+    """A context with autocast off on ``x``'s device: the geometry computed inside stays float32."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
 
 
 def mlp(inputs: int, hidden: int, layers: int, outputs: int, zero_last: bool = False) -> nn.Sequential:
@@ -43,7 +55,10 @@ class Field(nn.Module):
         self.head = mlp(self.encoding.output_dim, width, layers, outputs, zero_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoding(x)).float()
+        """Encoding in float32 (autocast off); the MLP in the ambient autocast dtype; float32 out."""
+        with full_precision(x):
+            encoded = self.encoding(x.float())
+        return self.head(encoded).float()
 
 
 class LayeredAtlas(nn.Module):
@@ -91,20 +106,26 @@ class LayeredAtlas(nn.Module):
             self.atlas_net = Field(2, 3, pe.width, pe.atlas_layers, pe.atlas_frequencies)
 
     def fields(self, xyt: torch.Tensor, which: tuple[str, ...] = FIELDS) -> dict[str, torch.Tensor]:
-        """Outputs ``uv_fg``, ``uv_bg`` [N, 2] and/or ``alpha`` [N] of the fields in ``which`` at xyt [N, 3]."""
-        if self.kind == "hash":
-            levels = tuple(None if k == "alpha" else self.mapping_levels for k in which)
-            feats = self.grid_xyt.encode_all((xyt + 1.0) * 0.5, tuple(self.FIELDS.index(k) for k in which), levels)
-            raw = {k: self.heads[k](f).float() for k, f in zip(which, feats)}
-        else:
-            raw = {k: self.nets[k](xyt) for k in which}
-        out = {}
-        for key, value in raw.items():
-            if key == "alpha":
-                out["alpha"] = 0.5 * (torch.tanh(value[:, 0]) + 1.0) * 0.99 + 0.005
+        """Outputs ``uv_fg``, ``uv_bg`` [N, 2] and/or ``alpha`` [N] (float32) of the fields in ``which`` at xyt [N, 3].
+
+        The mapping fields run entirely in float32 (autocast off); alpha's encoding too, its MLP
+        in the ambient autocast dtype.
+        """
+        xyt = xyt.float()
+        raw: dict[str, torch.Tensor] = {}
+        with full_precision(xyt):
+            if self.kind == "hash":
+                levels = tuple(None if k == "alpha" else self.mapping_levels for k in which)
+                feats = dict(zip(which, self.grid_xyt.encode_all(
+                    (xyt + 1.0) * 0.5, tuple(self.FIELDS.index(k) for k in which), levels)))
+                raw.update({k: self.heads[k](feats[k]).float() for k in which if k != "alpha"})
             else:
-                out[f"uv_{key}"] = self.scale * self.compensate(xyt, 0 if key == "fg" else 1) + value
-        return out
+                raw.update({k: self.nets[k](xyt) for k in which if k != "alpha"})
+            out = {f"uv_{k}": self.scale * self.compensate(xyt, 0 if k == "fg" else 1) + v for k, v in raw.items()}
+        if "alpha" in which:
+            value = self.heads["alpha"](feats["alpha"]).float() if self.kind == "hash" else self.nets["alpha"](xyt)
+            out["alpha"] = 0.5 * (torch.tanh(value[:, 0]) + 1.0) * 0.99 + 0.005
+        return {k: out[k] for k in (f"uv_{w}" if w != "alpha" else w for w in which)}
 
     def compensate(self, xyt: torch.Tensor, layer: int) -> torch.Tensor:
         """xy [N, 2] of xyt carried back to frame 0 by the layer's per-frame motion."""
@@ -131,8 +152,11 @@ class LayeredAtlas(nn.Module):
 
     def atlas_at(self, coords: torch.Tensor) -> torch.Tensor:
         """Colour [N, 3] in [0, 1] of the shared atlas at coords [N, 2] in [-1, 1]^2."""
+        coords = coords.float()
         if self.kind == "hash":
-            raw = self.atlas_head(self.grid_uv((coords + 1.0) * 0.5))
+            with full_precision(coords):
+                encoded = self.grid_uv((coords + 1.0) * 0.5)
+            raw = self.atlas_head(encoded)
         else:
             raw = self.atlas_net(coords)
         return torch.sigmoid(raw.float())

@@ -12,14 +12,18 @@ import cv2
 import numpy as np
 import torch
 
+from pipeline import devices
 from stages.atlas.fit import Normaliser
 from stages.atlas.networks import LayeredAtlas
 
 
 @torch.no_grad()
 def evaluate(model: LayeredAtlas, shape: tuple[int, int, int], device: torch.device, chunk: int = 65536,
-             amp: bool = False, pixels: np.ndarray | None = None) -> dict[str, np.ndarray]:
+             amp: bool | torch.dtype | None = False, pixels: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Model outputs at every pixel of a [T, H, W] clip (or at the flat pixel indices ``pixels`` [P]).
+
+    ``amp``: True for the fit's autocast (bfloat16 on a CUDA device that has it), a dtype to
+    force one (tests use CPU bfloat16), False/None for float32. UVs stay float32 either way.
 
     Returns float32 arrays: ``uv_fg``, ``uv_bg`` [T, H, W, 2] texture coordinates, ``alpha``
     [T, H, W] and ``rgb`` [T, H, W, 3] in [0, 1] (the reconstruction); with ``pixels`` the
@@ -32,12 +36,13 @@ def evaluate(model: LayeredAtlas, shape: tuple[int, int, int], device: torch.dev
     p = len(flat)
     out = {"uv_fg": np.empty((t_n, p, 2), np.float32), "uv_bg": np.empty((t_n, p, 2), np.float32),
            "alpha": np.empty((t_n, p), np.float32), "rgb": np.empty((t_n, p, 3), np.float32)}
-    use_amp = amp and device.type == "cuda"
+    amp_dtype = devices.autocast_dtype(device) if amp is True else (amp or None)
     for t in range(t_n):
         tt = torch.full_like(xs, t)
         for s in range(0, p, chunk):
             pts = norm.xyt(xs[s:s + chunk], ys[s:s + chunk], tt[s:s + chunk])
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32,
+                                enabled=amp_dtype is not None):
                 res = model(pts)
             out["uv_fg"][t, s:s + chunk] = ((res["uv_fg"].float() + 1) / 2).cpu().numpy()
             out["uv_bg"][t, s:s + chunk] = ((res["uv_bg"].float() + 1) / 2).cpu().numpy()

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from safetensors.torch import save as save_safetensors
 
-from pipeline import previews, storage
+from pipeline import devices, previews, storage
 from pipeline.config import config_hash, to_dict
 from pipeline.stage import Stage, add_output
 from stages.atlas import artifacts
 from stages.atlas.config import AtlasConfig
-from stages.atlas.fit import FitData, fit_atlas, pick_device
+from stages.atlas.fit import FitData, fit_atlas
 from stages.atlas.flow import dense_flow
 from stages.atlas.masks import layer_motions, row_masks
 from stages.atlas.render import atlas_image, coverage, evaluate, frame_psnr
@@ -41,7 +41,7 @@ class AtlasLimitError(ValueError):
     """The video exceeds the atlas stage's frame or pixel budget."""
 
 
-FIT_VERSION = 2  # bump when the fitting math changes, so fits made by older code are not reused
+FIT_VERSION = 3  # bump when the fitting math changes, so fits made by older code are not reused
 
 
 def fit_key(config: AtlasConfig, frames: np.ndarray, mask_digest: str) -> str:
@@ -76,9 +76,13 @@ class AtlasStage(Stage):
 
     def __init__(self, config: AtlasConfig | None = None, context=None):
         super().__init__(config or AtlasConfig(), context)
+        self.device: torch.device | None = None
 
     def preflight(self) -> None:
-        pick_device(self.config.device)
+        devices.check_device(self.config.device, self.resources.num_gpus, self.name)
+
+    def setup(self) -> None:
+        self.device = devices.resolve_device(self.config.device, self.resources.num_gpus, self.name)
 
     def applies_to(self, row: dict) -> bool:
         if self.config.apply_to == "all":
@@ -125,7 +129,9 @@ class AtlasStage(Stage):
         start = time.perf_counter()
         flow = dense_flow(frames, cfg.flow, cfg.flow_consistency_px)
         masks, source = row_masks(row, flow, (t, h, w), cfg.mask_source, cfg.motion_threshold_px, options)
-        device = pick_device(cfg.device)
+        if self.device is None:
+            self.setup()
+        device = self.device
         prep_seconds = time.perf_counter() - start
         motions = np.stack(layer_motions(flow, masks))
         result = fit_atlas(FitData.build(frames, masks, flow, device, motions), cfg, device)
