@@ -7,7 +7,9 @@ Per row, following the release (showlab/Tune-A-Video; facts in ``METHODS.md``):
 2. restore the UNet's pristine weights, then tune it on the clip and the row's
    ``source_prompt``: ``train_steps`` (500) AdamW steps at ``learning_rate`` 3e-5 (constant,
    weight decay 1e-2, gradient norm clipped to 1), epsilon-MSE at a uniformly drawn timestep,
-   training only ``attn1.to_q``, ``attn2.to_q`` and the temporal attention ``attn_temp``;
+   training only ``attn1.to_q``, ``attn2.to_q`` and the temporal attention ``attn_temp``, kept
+   in float32 while the frozen UNet runs in half precision under autocast, with a GradScaler
+   for float16 (``stages/edit/diffusion/precision.py``);
 3. DDIM-invert the clip's latents with the tuned UNet (``num_inference_steps`` = 50 steps,
    ``inversion_prompt`` "" and no guidance);
 4. DDIM-sample from the inverted latents with the row's ``prompt`` and classifier-free guidance
@@ -20,7 +22,6 @@ The inflation (sparse-causal attention, temporal attention, per-frame convolutio
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from stages.edit.diffusion import ddim
 from stages.edit.diffusion.base import DiffusionEditStage
 from stages.edit.diffusion.config import LOAD_FIELDS, DiffusionConfig
 from stages.edit.diffusion.inflate import TRAINABLE_MODULES, inflate_unet, trainable_parameters, video_unet_forward
+from stages.edit.diffusion.precision import MixedPrecision, keep_float32, optimizer_step
 
 log = logging.getLogger(__name__)
 
@@ -80,32 +82,38 @@ def denoising_loss(unet: torch.nn.Module, latents: torch.Tensor, text_embeddings
 
 def tune_unet(unet: torch.nn.Module, params: list[torch.nn.Parameter], latents: torch.Tensor,
               text_embeddings: torch.Tensor, scheduler, config: TuneAVideoConfig, generator: torch.Generator,
-              autocast: Callable[[], object] | None = None) -> list[float]:
+              precision: MixedPrecision | None = None) -> list[float]:
     """Tune ``params`` of ``unet`` on one clip for ``config.train_steps`` steps; returns the step losses.
 
     latents [1, C, F, h, w] (scaled); text_embeddings [1, L, D] of the source prompt. Noise and
-    timesteps are drawn from ``generator`` (CPU), so a seed fixes the run.
+    timesteps are drawn from ``generator`` (CPU), so a seed fixes the run. ``precision``: the
+    forward passes autocast to its dtype and, for float16, the loss is scaled (GradScaler);
+    ``params`` should be float32 (:func:`~stages.edit.diffusion.precision.keep_float32`).
+    None: float32 throughout.
     """
+    precision = precision or MixedPrecision(latents.device.type, torch.float32)
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                                   weight_decay=config.weight_decay, eps=config.adam_epsilon)
+    scaler = precision.scaler()
     num_train = scheduler.config.num_train_timesteps
     losses = []
+    skipped = 0
     unet.train()
     try:
         for _ in range(config.train_steps):
             noise = torch.randn(latents.shape, generator=generator).to(latents)
             t = torch.randint(0, num_train, (latents.shape[0],), generator=generator).to(latents.device)
-            with autocast() if autocast else contextlib.nullcontext():
+            with precision.autocast():
                 loss = denoising_loss(unet, latents, text_embeddings, scheduler, noise, t)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            skipped += not optimizer_step(loss, params, optimizer, scaler, config.max_grad_norm)
             losses.append(float(loss.detach()))
     finally:
         unet.eval()
         for p in params:
             p.grad = None
+    if skipped:
+        log.info("tune_a_video: %d of %d steps skipped on gradient overflow (loss scale now %g)", skipped,
+                 config.train_steps, scaler.get_scale())
     return losses
 
 
@@ -114,6 +122,7 @@ class TuneAVideoStage(DiffusionEditStage):
     config_class = TuneAVideoConfig
     required_fields = ("prompt", "source_prompt")
     load_fields = (*LOAD_FIELDS, "trainable_modules", "video_group_norm")
+    trains = True  # dtype auto: bfloat16 where the card has it, else float16 with a GradScaler
 
     def prepare_models(self, models: dict) -> None:
         scheduler = models["scheduler"]
@@ -126,9 +135,7 @@ class TuneAVideoStage(DiffusionEditStage):
     def after_setup(self) -> None:
         unet = self.models["unet"]
         self.params = trainable_parameters(unet, self.config.trainable_modules)
-        for p in self.params.values():
-            p.data = p.data.float()  # trainable weights stay float32 (mixed precision, as the release)
-            p.requires_grad_(True)
+        keep_float32(self.params.values())  # trainable weights stay float32 (mixed precision, as the release)
         self.pristine = {name: p.detach().clone() for name, p in self.params.items()}
         log.info("tune_a_video: %d trainable tensors, %.1fM parameters", len(self.params),
                  sum(p.numel() for p in self.params.values()) / 1e6)
@@ -156,7 +163,7 @@ class TuneAVideoStage(DiffusionEditStage):
              generator: torch.Generator) -> list[float]:
         embeddings = self.encode_text([source_prompt])
         return tune_unet(self.models["unet"], list(self.params.values()), latents, embeddings,
-                         self.models["scheduler"], config, generator, self.autocast)
+                         self.models["scheduler"], config, generator, self.precision)
 
     def _eps_fn(self, embeddings: torch.Tensor, guidance: float) -> Callable[[torch.Tensor, int], torch.Tensor]:
         """eps(latents, t) of the inflated UNet; ``embeddings`` [1, L, D] or [2, L, D] (uncond, cond)."""

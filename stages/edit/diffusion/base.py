@@ -8,6 +8,12 @@ the per-row overrides, takes the clip (``num_frames`` every ``frame_stride`` fro
 to the method's :meth:`edit_clip`. Helpers: text and VAE encode/decode in frame batches, a
 seeded ``torch.Generator``, autocast, and weight artifacts under
 ``{output}/weights/{video_id}/{job_id}.safetensors``.
+
+Device and dtype come from :mod:`pipeline.devices`: ``device: auto`` is CUDA only when the
+stage reserved a GPU (``resources.num_gpus > 0``); ``dtype: auto`` is float32 on the CPU and
+float16 on CUDA, or bfloat16 on cards that support it for methods that train (``trains =
+True``). :attr:`DiffusionEditStage.precision` is the training policy of
+:mod:`stages.edit.diffusion.precision` (float32 trainables, autocast, GradScaler for float16).
 """
 
 from __future__ import annotations
@@ -23,37 +29,19 @@ import cv2
 import numpy as np
 import torch
 
-from pipeline import storage
+from pipeline import devices, storage
 from pipeline.config import ConfigError, to_dict
+from pipeline.devices import resolve_device, resolve_dtype  # noqa: F401 - re-exported (older imports)
 from pipeline.stage import add_output
 from stages.edit.base import EditStage, RowFieldError
 from stages.edit.diffusion.config import LOAD_FIELDS, DiffusionConfig
 from stages.edit.diffusion.loading import check_sources, load_components
+from stages.edit.diffusion.precision import MixedPrecision, precision_for
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
 class VideoTooShortError(ValueError):
     """The decoded video has fewer frames than the method's clip needs."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when available, else CPU; raises RuntimeError for an absent CUDA device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available on this worker")
-    return device
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto`` is float16 on CUDA (the releases' precision) and float32 elsewhere."""
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return _DTYPES[name]
 
 
 def select_frames(frames: np.ndarray, config: DiffusionConfig, method: str = "") -> np.ndarray:
@@ -96,12 +84,14 @@ class DiffusionEditStage(EditStage):
     config_class: ClassVar[type] = DiffusionConfig
     components: ClassVar[tuple[str, ...]] = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
     load_fields: ClassVar[tuple[str, ...]] = LOAD_FIELDS
+    trains: ClassVar[bool] = False  # the method trains/optimises tensors: dtype auto prefers bfloat16
 
     def __init__(self, config: Any, context):
         super().__init__(config, context)
         self.models: dict[str, Any] = {}
         self.device = torch.device("cpu")
         self.dtype = torch.float32
+        self.precision = MixedPrecision("cpu", torch.float32)
 
     # --- actor lifecycle -------------------------------------------------------------------
 
@@ -112,15 +102,22 @@ class DiffusionEditStage(EditStage):
         except ImportError as exc:
             raise ConfigError(f"method {self.method!r} needs the diffusion extra (pip install "
                               f"'vidflow[diffusion]'): {exc}") from exc
+        devices.check_device(self.config.device, self.resources.num_gpus, self.name)
+        devices.resolve_dtype(self.config.dtype, torch.device("cpu"))  # a bad name is a ConfigError here
         check_sources(self.config, self.components)
-        if self.config.device.startswith("cuda") and self.resources.num_gpus == 0:
-            log.warning("%s: device %s but resources.num_gpus is 0", self.name, self.config.device)
+
+    def resolve_placement(self) -> None:
+        """Set ``device``, ``dtype`` and ``precision`` from the config and the granted GPUs."""
+        cfg = self.config
+        self.device = devices.resolve_device(cfg.device, self.resources.num_gpus, self.name)
+        self.dtype = devices.resolve_dtype(cfg.dtype, self.device, prefer_bf16=self.trains)
+        self.precision = precision_for(self.device, self.dtype)
 
     def setup(self) -> None:
         cfg = self.config
-        self.device = resolve_device(cfg.device)
-        self.dtype = resolve_dtype(cfg.dtype, self.device)
-        log.info("%s: loading %s on %s in %s", self.name, cfg.model, self.device, self.dtype)
+        self.resolve_placement()
+        log.info("%s: loading %s on %s in %s (%s)", self.name, cfg.model, self.device, self.dtype,
+                 self.precision.describe())
         self.models = load_components(cfg, self.components)
         self.prepare_models(self.models)
         for name, module in self.models.items():
@@ -175,10 +172,8 @@ class DiffusionEditStage(EditStage):
         return torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device, dtype or self.dtype)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """Mixed precision for training half-precision models with float32 trainable weights."""
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+        """Autocast to the frozen parts' half dtype (no-op in float32); see :attr:`precision`."""
+        return self.precision.autocast()
 
     @contextlib.contextmanager
     def on_device(self, name: str) -> Iterator[Any]:
