@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import devices
 from pipeline.config import ConfigError
 from stages.depth.ops import ResizeMode, as_rgb_image, check_frames, map_back, prepare_inputs
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
-DTYPES = ("auto", "float32", "float16", "bfloat16")
+DTYPES = devices.DTYPE_NAMES
 
 
 @dataclass(frozen=True)
@@ -139,24 +140,22 @@ def check_input_size(info: ModelInfo, input_size: int | None) -> int:
     return size
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible (Ray hides it from actors with num_gpus=0), else ``cpu``."""
-    import torch
+def dtype_keyword(version: str | None = None) -> str:
+    """The ``from_pretrained`` keyword for the weights' dtype: ``dtype`` from transformers 4.56, ``torch_dtype`` before.
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    An older transformers ignores ``dtype=`` (the model would stay float32 while its inputs are
+    cast to float16, which fails on a GPU), so the keyword follows the installed version.
+    """
+    if version is None:
+        import transformers
 
-
-def resolve_dtype(dtype: str, device: str):
-    """``auto`` -> float16 on CUDA, float32 elsewhere; otherwise the named torch dtype."""
-    import torch
-
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
-    if dtype == "auto":
-        return torch.float16 if device.startswith("cuda") else torch.float32
-    return getattr(torch, dtype)
+        version = transformers.__version__
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    major, minor = (parts + [0, 0])[:2]
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
 
 
 class DepthEstimator:
@@ -189,25 +188,29 @@ class DepthEstimator:
 
     @classmethod
     def load(cls, ref: str, *, device: str = "auto", dtype: str = "auto", input_size: int | None = None,
-             resize_mode: ResizeMode = "pad", info: ModelInfo | None = None) -> DepthEstimator:
+             resize_mode: ResizeMode = "pad", info: ModelInfo | None = None,
+             num_gpus: float = 1.0) -> DepthEstimator:
         """``from_pretrained`` a DPT model and its image processor (hub id or local directory).
 
-        ``info`` is ``resolve_model(ref)`` when the caller has it already.
+        ``info`` is ``resolve_model(ref)`` when the caller has it already. ``num_gpus``: the GPUs
+        granted to the caller (the stage passes its ``resources.num_gpus``; a plain process owns
+        the machine), so ``device="auto"`` is CUDA only when one was granted and is visible.
         """
         from transformers import AutoImageProcessor, DPTForDepthEstimation
 
         info = info or resolve_model(ref)
         size = check_input_size(info, input_size)
-        device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, device)
+        torch_device = devices.resolve_device(device, num_gpus, "depth")
+        torch_dtype = devices.resolve_dtype(dtype, torch_device)
+        device = str(torch_device)
         source = info.local_dir or ref
         try:
             processor = AutoImageProcessor.from_pretrained(source)
         except (OSError, ValueError) as exc:
             log.warning("model %s has no usable image processor (%s); using DPT defaults", ref, exc)
             processor = None
-        model = DPTForDepthEstimation.from_pretrained(source, dtype=torch_dtype)
-        model = model.to(device).eval()
+        model = DPTForDepthEstimation.from_pretrained(source, **{dtype_keyword(): torch_dtype})
+        model = model.to(device=torch_device, dtype=torch_dtype).eval()  # whatever the keyword did
         log.info("loaded depth model %s on %s as %s, canvas %dx%d (%s)", ref, device, torch_dtype, size, size,
                  resize_mode)
         return cls(model, processor, input_size=size, resize_mode=resize_mode, device=device, dtype=torch_dtype)

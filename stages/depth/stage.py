@@ -25,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 
-from pipeline import media, previews, storage
+from pipeline import devices, media, previews, storage
 from pipeline.config import ConfigError, Resources
 from pipeline.stage import Stage, add_output
 from stages.depth.model import DTYPES, DepthEstimator, ModelInfo, check_input_size, resolve_model
@@ -110,19 +110,18 @@ class DepthStage(Stage):
 
     def preflight(self) -> None:
         cfg = self.config
-        if cfg.device.startswith("cuda") and self.resources.num_gpus <= 0:
-            raise ConfigError(f"depth.device={cfg.device!r} needs resources.num_gpus > 0 "
-                              "(Ray hides GPUs from actors that reserve none)")
+        devices.check_device(cfg.device, self.resources.num_gpus, self.name)
         info = resolve_model(cfg.model)
         check_input_size(info, cfg.input_size)
 
     def setup(self) -> None:
         cfg = self.config
+        devices.resolve_device(cfg.device, self.resources.num_gpus, self.name)  # before any loading
         self.info = resolve_model(cfg.model)
         self.input_size = check_input_size(self.info, cfg.input_size)
         self.estimator = DepthEstimator.load(cfg.model, device=cfg.device, dtype=cfg.dtype,
                                              input_size=cfg.input_size, resize_mode=cfg.resize_mode,
-                                             info=self.info)
+                                             info=self.info, num_gpus=self.resources.num_gpus)
 
     def close(self) -> None:
         self.estimator = None
