@@ -30,7 +30,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from pipeline import storage
+from pipeline import devices, storage
 from pipeline.config import ConfigError, Resources
 from pipeline.stage import Stage, add_output
 from stages.motion_conditions import (
@@ -113,10 +113,11 @@ class TrajectoryStage(Stage):
         if cfg.backend == "cotracker":
             from stages.tracking.cotracker import check_config
 
+            devices.check_device(cfg.cotracker.device, self.resources.num_gpus, self.name)
             check_config(cfg.cotracker)
 
     def setup(self) -> None:
-        self.tracker = make_tracker(self.config.tracking)
+        self.tracker = make_tracker(self.config.tracking, self.resources.num_gpus)
         self.tracker.load()
         if self.config.smooth:
             self.kernel = gaussian_kernel(self.config.kernel_size, self.config.sigma, self.config.normalise_kernel)

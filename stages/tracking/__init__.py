@@ -65,7 +65,7 @@ class CoTrackerConfig:
     source: Literal["github", "local"] = "github"
     checkpoint: str | None = None
     online: bool | None = None  # None: from the model name ("_online")
-    device: str = "auto"  # auto: cuda when available, else cpu
+    device: str = "auto"  # auto: cuda when the stage has num_gpus > 0 and CUDA is visible, else cpu
     window_frames: int | None = None  # frames per offline call; None: as many as memory_budget_mb allows
     memory_budget_mb: float = 8192.0
     min_window_frames: int = 8
@@ -127,8 +127,11 @@ def inside(points: np.ndarray, width: int, height: int) -> np.ndarray:
     return (x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1) & np.isfinite(x) & np.isfinite(y)
 
 
-def make_tracker(config: TrackingConfig) -> Tracker:
-    """The tracker named by ``config.backend`` (CoTracker loads its model on first use or ``load()``)."""
+def make_tracker(config: TrackingConfig, num_gpus: float = 1.0) -> Tracker:
+    """The tracker named by ``config.backend`` (CoTracker loads its model on first use or ``load()``).
+
+    ``num_gpus``: the GPUs granted to the caller; CoTracker's ``device: auto`` uses CUDA only then.
+    """
     if config.backend == "lk":
         from stages.tracking.lk import LKTracker
 
@@ -136,5 +139,5 @@ def make_tracker(config: TrackingConfig) -> Tracker:
     if config.backend == "cotracker":
         from stages.tracking.cotracker import CoTracker
 
-        return CoTracker(config.cotracker)
+        return CoTracker(config.cotracker, num_gpus)
     raise ConfigError(f"unknown tracking backend {config.backend!r} (known: lk, cotracker)")

@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from pipeline import storage
+from pipeline import devices, storage
 from pipeline.config import ConfigError
 from stages.tracking import CoTrackerConfig, check_inputs, inside
 
@@ -69,8 +69,9 @@ def window_frames_for(config: CoTrackerConfig, length: int, height: int, width: 
 class CoTracker:
     """``track(frames, queries) -> (tracks, visibility)`` with a CoTracker hub model."""
 
-    def __init__(self, config: CoTrackerConfig = CoTrackerConfig()):
+    def __init__(self, config: CoTrackerConfig = CoTrackerConfig(), num_gpus: float = 1.0):
         self.config = config
+        self.num_gpus = num_gpus  # GPUs granted to the caller (the stage passes its resources.num_gpus)
         self.model = None
         self.device = None
 
@@ -82,6 +83,7 @@ class CoTracker:
 
         cfg = self.config
         check_config(cfg)
+        self.device = devices.resolve_device(cfg.device, self.num_gpus, "trajectories")  # before any download
         kwargs = {"source": cfg.source, "pretrained": cfg.checkpoint is None}
         if cfg.source == "github":
             kwargs["trust_repo"] = cfg.trust_repo
@@ -93,12 +95,8 @@ class CoTracker:
                 state = state["model"]
             target = getattr(model, "model", model)  # CoTracker predictors wrap the network in .model
             target.load_state_dict(state)
-        device = cfg.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        log.info("loaded CoTracker %s from %s (%s) on %s", cfg.model, cfg.repo_or_dir, cfg.source, device)
+        log.info("loaded CoTracker %s from %s (%s) on %s", cfg.model, cfg.repo_or_dir, cfg.source, self.device)
 
     def track(self, frames: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """frames uint8 [T, H, W, 3], queries float32 [N, 3] (t, x, y) -> tracks float32 [T, N, 2],
