@@ -162,7 +162,10 @@ def test_ddim_sample_matches_diffusers_scheduler_step():
 def test_guidance_one_is_the_conditional_prediction():
     u, c = torch.randn(4), torch.randn(4)
     assert torch.allclose(ddim.guided(u, c, 1.0), c, atol=1e-6)
-    assert torch.allclose(ddim.guided(u, c, 12.5), u + 12.5 * (c - u))
+    assert torch.allclose(ddim.guided(u, c, 0.0), u, atol=1e-6)  # scale 0: the unconditional prediction
+    # worked values: the conditional direction (c - u) = (1, 0, 4) scaled by 12.5 from u
+    u, c = torch.tensor([0.0, 1.0, -2.0]), torch.tensor([1.0, 1.0, 2.0])
+    assert ddim.guided(u, c, 12.5).tolist() == [12.5, 1.0, 48.0]
 
 
 def test_tiny_clip_shape_is_valid():

@@ -71,6 +71,9 @@ def test_sampling_frequencies_follow_normalised_lengths():
     lengths = np.array([0.5, 0.2, 8.0, 4.0, 2.0, 6.0, 1.0], np.float32)  # mean 3.1: keep 8, 4, 6
     kept, p = selection_probabilities(lengths)
     assert kept.tolist() == [2, 3, 5]
+    # independent values: 8, 4, 6 normalised by their sum 18
+    expected = np.array([4 / 9, 2 / 9, 1 / 3])
+    assert np.allclose(p, expected)
     trials = 6000
     counts = np.zeros(len(lengths))
     for s in range(trials):
@@ -78,10 +81,12 @@ def test_sampling_frequencies_follow_normalised_lengths():
         counts[idx] += 1
     freq = counts / trials
     assert freq[[0, 1, 4, 6]].sum() == 0  # short tracks are never sampled
-    sigma = np.sqrt(p * (1 - p) / trials)
-    assert np.all(np.abs(freq[kept] - p) < 4 * sigma), (freq[kept], p)
-    # two draws without replacement: inclusion probability of i = p_i + sum_j p_j p_i / (1 - p_j)
-    incl = np.array([p[i] + sum(p[j] * p[i] / (1 - p[j]) for j in range(3) if j != i) for i in range(3)])
+    sigma = np.sqrt(expected * (1 - expected) / trials)
+    assert np.all(np.abs(freq[kept] - expected) < 4 * sigma), (freq[kept], expected)
+    # two draws without replacement: a track is left out only when the other two are drawn, in
+    # either order; worked by hand: P(out) = 13/63, 22/45, 32/105, so inclusion is
+    incl = np.array([50 / 63, 23 / 45, 73 / 105])
+    assert incl.sum() == pytest.approx(2.0)  # two tracks are drawn
     counts[:] = 0
     for s in range(trials):
         idx = sample_tracks(lengths, np.random.default_rng(video_seed(f"two{s}")), 2, 2)
