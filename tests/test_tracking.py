@@ -100,3 +100,17 @@ def test_lk_on_synthetic_sample_meets_delta_target():
     metrics = evaluate(make_tracker(TrackingConfig()), clip)
     assert metrics["delta_avg"] >= 0.8, metrics
     assert metrics["occlusion_accuracy"] >= 0.8, metrics
+
+
+def test_forward_backward_error_reports_survivors_and_all_points():
+    from bench.tracking import fb_summary, forward_backward_error, synthetic_clips
+
+    clip = synthetic_clips(count=1, width=96, height=80, num_frames=8)[0]
+    fb = forward_backward_error(make_tracker(TrackingConfig()), clip.frames, grid=8)
+    assert fb["n_points"] == 64 == len(fb["all"]) and 0 < fb["n_survivors"] == len(fb["survivors"]) <= 64
+    assert np.isfinite(fb["all"]).all()
+    # survivors are a subset of all points: their errors appear among all points' errors
+    assert np.isin(fb["survivors"], fb["all"]).all()
+    text = fb_summary([fb])
+    assert f"(n={fb['n_survivors']}/64)" in text and "|" in text
+    assert fb_summary([]) == "n/a"
