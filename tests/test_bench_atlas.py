@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from bench.atlas import compare, eval_iterations, time_to_reach
+from bench.atlas import compare, eval_iterations, time_bracket, time_to_reach
 
 
 def test_time_to_reach_interpolates_between_evaluations():
     curve = [(1.0, 10.0), (3.0, 20.0), (6.0, 25.0)]
     assert time_to_reach(curve, 15.0) == pytest.approx(2.0)
-    assert time_to_reach(curve, 5.0) == pytest.approx(0.5)  # from (0 s, 0 dB): a bound
+    assert time_to_reach(curve, 5.0) == pytest.approx(0.5)  # from (0 s, 0 dB): an estimate
     assert time_to_reach(curve, 25.0) == pytest.approx(6.0)
     assert time_to_reach(curve, 26.0) is None
 
@@ -22,10 +22,22 @@ def test_compare_gives_speedup_at_the_lower_final_psnr_and_a_ladder():
     assert out["equal_psnr_db"] == 25.0
     assert out["hash_seconds"] == pytest.approx(1.5) and out["pe_seconds"] == pytest.approx(40.0)
     assert out["speedup"] == pytest.approx(40.0 / 1.5)
-    assert out["lower_bound"] is False
+    # PE was below 25 dB at 10 s and the hash fit at or above it by 2 s: at least 5x whatever happened between
+    assert out["speedup_lower_bound"] == pytest.approx(10.0 / 2.0)
+    assert out["hash_before_first_eval"] is False
     assert out["ladder"] == [(15.0, 10.0, pytest.approx(0.75)), (25.0, 40.0, pytest.approx(1.5))]
-    # the hash fit's first evaluation is already past PE's final PSNR: flagged as a bound
-    assert compare({"hash": [(1.0, 30.0)], "pe": pe_curve})["lower_bound"] is True
+    # the hash fit's first evaluation is already past PE's final PSNR: flagged, and the bound uses that evaluation
+    early = compare({"hash": [(1.0, 30.0)], "pe": pe_curve})
+    assert early["hash_before_first_eval"] is True and early["speedup_lower_bound"] == pytest.approx(10.0)
+    # PE at the PSNR on its first evaluation: no bound can be given
+    assert compare({"hash": hash_curve, "pe": [(10.0, 25.0)]})["speedup_lower_bound"] is None
+
+
+def test_time_bracket_is_the_evaluations_around_the_crossing():
+    curve = [(1.0, 10.0), (3.0, 20.0), (6.0, 25.0)]
+    assert time_bracket(curve, 15.0) == (1.0, 3.0)
+    assert time_bracket(curve, 5.0) == (0.0, 1.0)
+    assert time_bracket(curve, 26.0) is None
 
 
 def test_eval_iterations_are_geometric_and_end_at_the_total():
