@@ -14,6 +14,7 @@ _METHODS: dict[str, str] = {
     "reencode": "stages.edit.reencode:ReencodeStage",
     "atlas_edit": "stages.edit.atlas_edit:AtlasEditStage",
     "tune_a_video": "stages.edit.tune_a_video:TuneAVideoStage",
+    "revideo": "stages.edit.revideo:ReVideoStage",
 }
 
 
