@@ -1,9 +1,10 @@
-"""What every job shares: CLI basics, resume, preflight, running, and the closing summary.
+"""What every job shares: CLI basics, preflight, the run itself, and the closing summary.
 
-A job builds its rows and stages, then calls :func:`execute`. Rows already ``ok`` (or
-``skipped``) in the output manifest are left alone; the others run again with ``attempt``
-incremented. Manifest parts are written as rows finish; at the end the parts are compacted
-into one row per ``job_id`` and ``summary.json`` and ``report.html`` are written.
+A job describes its input (:func:`pipeline.input_source.describe_input`), builds its stages
+and store, then calls :func:`execute`: preflight, the resume scan (only ``job_id``/``status``
+columns of the previous output), the streaming plan on Ray (:mod:`pipeline.runner`), a
+bounded compaction of the output parts, ``summary.json`` and ``report.html``. Rows already
+``ok`` (or ``skipped``) are left alone; the others run again with ``attempt`` incremented.
 """
 
 from __future__ import annotations
@@ -12,20 +13,27 @@ import argparse
 import datetime as dt
 import logging
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pipeline import report, runner, storage
+import numpy as np
+
+from pipeline import compaction, report, runner, storage
 from pipeline.config import ConfigError
-from pipeline.manifest import ManifestStore, now_utc, ok_job_ids
-from pipeline.stage import STATUS_ERROR, STATUS_PENDING, STATUS_SKIPPED, RunContext, Stage, run_stage
+from pipeline.input_source import InputInfo
+from pipeline.prepare import PrepSpec
+from pipeline.resume import scan_previous
+from pipeline.run_stats import RunStats
+from pipeline.stage import RunContext, Stage
 
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_ROW_FAILURES = 1
 EXIT_PREFLIGHT = 2
+EXIT_CLUSTER_LOST = 3
 
 
 class PreflightError(RuntimeError):
@@ -37,15 +45,33 @@ class RunConfig:
     """Settings of a run as a whole."""
 
     method: str = "reencode"  # the method of rows that name none
-    max_failure_fraction: float = 0.5  # exit 1 when more rows than this fail
-    flush_rows: int = 8  # write a manifest part after this many finished rows ...
-    flush_seconds: float = 30.0  # ... or this many seconds
+    max_failure_fraction: float = 0.5  # exit 1 when more of this run's rows than this fail
+    flush_rows: int = 256  # a writer writes a manifest part after this many finished rows ...
+    flush_seconds: float = 10.0  # ... or when its oldest row has waited this long
+    writers: int = 1  # manifest writer actors
     num_cpus: int | None = None  # CPUs of a local Ray started by the job (None: all)
     cache_url: str | None = None  # artifact cache; default {output}/cache
+    max_row_attempts: int = 2  # a row that crashes its worker this many times becomes WorkerCrashedError
+    setup_attempts: int = 2  # actor restarts after a failed setup() before rows get the setup error
+    max_actor_restarts: int = 16  # Ray restarts of one stage actor (crashes, timeouts), then the run stops
+    prepare_block_rows: int = 1000  # input rows per preparation task
+    preview_first: int = 20  # rows that always get previews ...
+    preview_every: int = 50  # ... then one in this many (0: none)
+    report_sample: int = 50  # ok rows shown in report.html
+    compact_rows: int = 100_000  # rows per compacted manifest part
+    progress_seconds: float = 30.0  # a progress line this often
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_failure_fraction <= 1.0:
             raise ConfigError(f"run.max_failure_fraction must be in [0, 1], got {self.max_failure_fraction}")
+        for name in ("flush_rows", "writers", "max_row_attempts", "setup_attempts", "prepare_block_rows",
+                     "compact_rows"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"run.{name} must be >= 1, got {getattr(self, name)}")
+        if self.flush_seconds <= 0 or self.progress_seconds <= 0:
+            raise ConfigError("run.flush_seconds and run.progress_seconds must be > 0")
+        if min(self.preview_first, self.preview_every, self.report_sample, self.max_actor_restarts) < 0:
+            raise ConfigError("run.preview_first/preview_every/report_sample/max_actor_restarts must be >= 0")
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -76,11 +102,17 @@ def check_output(output_url: str, options) -> None:
 
 
 def check_gpus(stages: list[Stage], available: float) -> None:
-    """Raise PreflightError when the stages' minimum GPU need exceeds the cluster's GPUs."""
-    need = max((s.resources.num_gpus * s.resources.min_actors for s in stages), default=0.0)
+    """Raise PreflightError when the stages' GPU need exceeds the cluster's GPUs.
+
+    In a streaming plan every stage's actor pool is live at once, so the need is the *sum* of
+    each GPU stage's ``num_gpus * min_actors`` (not the largest of them).
+    """
+    users = [s for s in stages if s.resources.num_gpus > 0]
+    need = sum(s.resources.num_gpus * s.resources.min_actors for s in users)
     if need > available:
-        names = ", ".join(s.name for s in stages if s.resources.num_gpus > 0)
-        raise PreflightError(f"stages {names} need {need:g} GPU(s) but the cluster has {available:g}")
+        names = ", ".join(f"{s.name} ({s.resources.num_gpus:g} x {s.resources.min_actors})" for s in users)
+        raise PreflightError(f"stages {names} are live at once and need {need:g} GPU(s); the cluster has "
+                             f"{available:g}")
 
 
 def preflight_stages(stages: list[Stage]) -> None:
@@ -91,68 +123,106 @@ def preflight_stages(stages: list[Stage]) -> None:
             raise PreflightError(f"preflight of stage {stage.name!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
-def execute(rows: list[dict], inline: list[Stage], specs: list[runner.StageSpec], context: RunContext,
-            store: ManifestStore, run_cfg: RunConfig, *, dry_run: bool = False, title: str = "vidflow run",
-            ray_init: Callable[[], None] | None = None, keep_arrays: tuple[str, ...] = ()) -> int:
-    """Run a job over ``rows``; returns the process exit code.
+def absolute_url(url: str) -> str:
+    """``url`` with a local path made absolute (manifest URLs must work from anywhere)."""
+    import os
 
-    ``inline`` stages (cheap checks such as validation) run in the driver before Ray;
-    ``specs`` run on Ray Data; array row values named in ``keep_arrays`` reach ``store``.
-    Raises PreflightError before any work when the set-up is bad.
-    """
-    built = [spec.build(context) for spec in specs]
-    preflight_stages(inline + built)
-    previous = store.previous()
-    done = ok_job_ids(previous)
-    todo, already = [], 0
-    for row in rows:
-        if row["job_id"] in done:
-            already += 1
-            continue
-        row["attempt"] = previous.get(row["job_id"], {}).get("attempt", 0) + 1
-        row["run_id"] = context.run_id
-        row["config_hash"] = context.config_hash
-        todo.append(row)
-    for stage in inline:
-        todo = [run_stage(stage, row) for row in todo]
-    direct = [r for r in todo if r.get("status") in (STATUS_ERROR, STATUS_SKIPPED)]
-    work = [r for r in todo if r.get("status") == STATUS_PENDING]
-    log.info("%d input rows: %d already done, %d to process, %d finished by checks (errors/duplicates)",
-             len(rows), already, len(work), len(direct))
+    url = url.rstrip("/")
+    return os.path.abspath(url) if storage.protocol_of(url) == "file" and not url.startswith("file://") else url
+
+
+@dataclass
+class Job:
+    """What a job hands to :func:`execute`."""
+
+    info: InputInfo
+    checks: list[Stage]  # cheap stages run while preparing (validation)
+    specs: list[runner.StageSpec]
+    context: RunContext
+    store: object  # ManifestStore / ShardStore
+    run: RunConfig
+    title: str = "vidflow run"
+    method: str | None = None
+    row_mapper: Callable[[dict], dict] | None = None
+    keep_arrays: tuple[str, ...] = ()
+    merge_parts: bool = True  # compaction merges parts (False: bounded trajectory shards)
+    limit: int | None = None
+
+
+def _progress(stats: RunStats, every: float) -> Callable[[dict], None]:
+    last = [time.monotonic()]
+
+    def on_record(rec: dict) -> None:
+        stats.add(rec)
+        now = time.monotonic()
+        if now - last[0] >= every:
+            last[0] = now
+            minutes = max(1e-9, (now - stats.started) / 60)
+            log.info("progress: %d rows finished (%d ok, %d error, %d skipped), %.1f rows/min", stats.processed,
+                     stats.counts["ok"], stats.counts["error"], stats.counts["skipped"], stats.processed / minutes)
+    return on_record
+
+
+def execute(job: Job, *, dry_run: bool = False, ray_init: Callable[[], None] | None = None) -> int:
+    """Run a job; returns the process exit code. Raises PreflightError before any work when the set-up is bad."""
+    built = [spec.build(job.context) for spec in job.specs]
+    preflight_stages(list(job.checks) + built)
+    previous = scan_previous(job.store)
+    cfg = job.run
+    plan = runner.Plan(
+        info=job.info, previous=previous, stages=job.specs, context=job.context, store=job.store,
+        prep=PrepSpec(run_id=job.context.run_id, config_hash=job.context.config_hash, method=job.method,
+                      row_mapper=job.row_mapper, checks=tuple(job.checks), preview_first=cfg.preview_first,
+                      preview_every=cfg.preview_every),
+        guard=runner.Guard(max_row_attempts=cfg.max_row_attempts, setup_attempts=cfg.setup_attempts,
+                           max_actor_restarts=cfg.max_actor_restarts),
+        writers=cfg.writers, flush_rows=cfg.flush_rows, flush_seconds=cfg.flush_seconds,
+        keep_arrays=job.keep_arrays, limit=job.limit, prepare_block_rows=cfg.prepare_block_rows)
+    (ray_init or (lambda: runner.init_ray(cfg.num_cpus)))()
     if dry_run:
+        counts = runner.count_prepared(plan)
+        log.info("dry run: %s rows would run, %s already done, %s finished by checks (%s errors, %s duplicates)",
+                 counts["to_process"], counts["already_done"], counts["error"] + counts["skipped"], counts["error"],
+                 counts["skipped"])
         for stage in built:
             log.info("plan: stage %-24s %s", stage.name, stage.resources)
         return EXIT_OK
-
-    if ray_init is not None:
-        ray_init()
-    else:
-        runner.init_ray(run_cfg.num_cpus)
-    check_gpus(built, runner.cluster_gpus() if work else float("inf"))
-
-    def finish(batch: list[dict]) -> None:
-        for row in batch:
-            if row.get("status") == STATUS_PENDING:
-                row["status"] = "ok"
-            row["finished_at"] = now_utc()
-        store.write_part(batch)
-        log.info("manifest: %d more rows written", len(batch))
-
-    if direct:
-        finish(direct)
-    result = runner.run(work, specs, context, finish, flush_rows=run_cfg.flush_rows,
-                        flush_seconds=run_cfg.flush_seconds, keep_arrays=keep_arrays)
-    store.compact()
-    all_rows = store.records()
-    summary = report.summarize(all_rows, result.wall_seconds, run_id=context.run_id,
-                               config_hash=context.config_hash)
-    _, report_url = report.write_report(all_rows, summary, context.output_url, context.storage, title=title)
+    check_gpus(built, runner.cluster_gpus())
+    stats = RunStats(previous.counts(), sample_size=cfg.report_sample)
+    start = time.perf_counter()
+    try:
+        totals = runner.execute_plan(plan, _progress(stats, cfg.progress_seconds))
+    except runner.ClusterLostError as exc:
+        _write_summary(job, stats, time.perf_counter() - start, interrupted=str(exc))
+        log.error("the run stopped: %s. %d rows finished in this run (%d ok, %d error) and are in %s; a rerun with "
+                  "the same --output resumes where it stopped.", exc, stats.processed, stats.counts["ok"],
+                  stats.counts["error"], job.store.url)
+        return EXIT_CLUSTER_LOST
+    wall = time.perf_counter() - start
+    log.info("run: %d rows finished, %d written by the writers, %d already done", stats.processed,
+             totals["rows_written"], totals["already_done"])
+    compaction.compact(job.store, np.asarray(stats.retried_keys, dtype=np.uint64), job.context.run_id,
+                       max_rows=cfg.compact_rows, merge=job.merge_parts, map_fn=runner.ray_map)
+    summary = _write_summary(job, stats, wall, already_done=totals["already_done"])
     log.info("summary: %s", summary["counts"])
-    log.info("report: %s", report.local_path_hint(report_url))
-    processed = direct + result.rows
-    failed = sum(1 for r in processed if r.get("status") == STATUS_ERROR)
-    if processed and failed / len(processed) > run_cfg.max_failure_fraction:
-        log.error("%d of %d rows failed (> max_failure_fraction=%s)", failed, len(processed),
-                  run_cfg.max_failure_fraction)
+    failed = stats.counts["error"]
+    if stats.processed and failed / stats.processed > cfg.max_failure_fraction:
+        log.error("%d of %d rows failed (> max_failure_fraction=%s)", failed, stats.processed,
+                  cfg.max_failure_fraction)
         return EXIT_ROW_FAILURES
     return EXIT_OK
+
+
+def _write_summary(job: Job, stats: RunStats, wall: float, *, already_done: int = 0,
+                   interrupted: str | None = None) -> dict:
+    summary = stats.summary(wall, run_id=job.context.run_id, config_hash=job.context.config_hash,
+                            already_done=already_done)
+    if interrupted:
+        summary["interrupted"] = interrupted
+    try:
+        _, report_url = report.write_report(summary, stats.examples, stats.sample, job.context.output_url,
+                                            job.context.storage, title=job.title)
+        log.info("report: %s", report.local_path_hint(report_url))
+    except Exception as exc:  # noqa: BLE001 - the manifest is what matters; say the report failed
+        log.error("could not write summary/report: %s: %s", type(exc).__name__, exc)
+    return summary

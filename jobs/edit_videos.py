@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 
 from jobs.common import (
     EXIT_PREFLIGHT,
+    Job,
     PreflightError,
     RunConfig,
+    absolute_url,
     add_common_args,
     check_output,
     execute,
@@ -28,8 +30,9 @@ from jobs.common import (
 )
 from pipeline import storage
 from pipeline.config import ConfigError, config_hash, from_dict, load_config, replace
-from pipeline.manifest import ManifestError, ManifestStore, assign_job_ids, output_schema, read_input, to_output_record
-from pipeline.runner import StageSpec
+from pipeline.input_source import describe_input
+from pipeline.manifest import ManifestError, ManifestStore, output_schema, to_output_record
+from pipeline.runner import StageSpec, distinct_values, init_ray
 from pipeline.stage import RunContext
 from pipeline.storage import StorageOptions
 from stages.decode import DecodeConfig, DecodeStage
@@ -126,33 +129,29 @@ def main(argv: list[str] | None = None) -> int:
                 make_sample(sample_url, method=config.run.method)
         if not manifest_url:
             raise ConfigError("--manifest is required (or --demo)")
-        rows = read_input(manifest_url, method=args.method, options=options)
-    except (ConfigError, ManifestError, PreflightError, UnknownMethodError) as exc:
+        info = describe_input(manifest_url, options, method=args.method)
+    except (ConfigError, ManifestError, PreflightError, UnknownMethodError, OSError) as exc:
         log.error("%s", exc)
         return EXIT_PREFLIGHT
-    if args.limit is not None:
-        rows = rows[: max(0, args.limit)]
-    rows = assign_job_ids(rows)
-    passthrough = sorted({k for r in rows for k in r} - {"job_id", "status", "error"})
-    run_id = new_run_id()
-    context = RunContext(output_url=args.output.rstrip("/"),
-                         cache_url=(config.run.cache_url or storage.join_url(args.output, "cache")),
-                         run_id=run_id, config_hash=config_hash(config), storage=options)
-    store = ManifestStore(context.output_url, run_id, output_schema(passthrough),
+    passthrough = sorted(set(info.columns) - {"job_id", "status", "error"})
+    output = absolute_url(args.output)
+    cache = absolute_url(config.run.cache_url or storage.join_url(output, "cache"))
+    context = RunContext(output_url=output, cache_url=cache, run_id=new_run_id(), config_hash=config_hash(config),
+                         storage=options)
+    store = ManifestStore(output, context.run_id, output_schema(passthrough),
                           lambda r: to_output_record(r, passthrough), options=options)
     validate = ValidateStage(ValidateConfig(default_method=config.run.method, decode=config.decode,
                                             method_configs=configs), context)
-    methods = {r.get("method") or config.run.method for r in rows}
-    known = {m for m in methods if _known(m)}
     try:
-        specs = build_specs(config, known, configs, args.config or "config")
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return EXIT_PREFLIGHT
-    try:
-        return execute(rows, [validate], specs, context, store, config.run,
-                       dry_run=args.dry_run, title="vidflow edit run")
-    except PreflightError as exc:
+        # the stages of the default method and of every method the input names (one pass over that column)
+        init_ray(config.run.num_cpus)
+        named = distinct_values(info, options, "method", args.limit) if "method" in info.columns else []
+        methods = {m for m in {config.run.method, *named} if m and _known(m)}
+        specs = build_specs(config, methods, configs, args.config or "config")
+        job = Job(info=info, checks=[validate], specs=specs, context=context, store=store, run=config.run,
+                  title="vidflow edit run", method=args.method, limit=args.limit)
+        return execute(job, dry_run=args.dry_run)
+    except (ConfigError, PreflightError) as exc:
         log.error("%s", exc)
         return EXIT_PREFLIGHT
 

@@ -25,8 +25,10 @@ from typing import Literal
 
 from jobs.common import (
     EXIT_PREFLIGHT,
+    Job,
     PreflightError,
     RunConfig,
+    absolute_url,
     add_common_args,
     check_output,
     execute,
@@ -36,7 +38,8 @@ from jobs.common import (
 from jobs.trajectory_shards import ARRAY_COLUMNS, ShardConfig, ShardStore, shard_schema
 from pipeline import storage
 from pipeline.config import ConfigError, config_hash, load_config
-from pipeline.manifest import ManifestError, assign_job_ids, read_input
+from pipeline.input_source import describe_input
+from pipeline.manifest import ManifestError
 from pipeline.runner import StageSpec
 from pipeline.stage import RunContext, Stage
 from pipeline.storage import StorageOptions
@@ -132,30 +135,30 @@ def main(argv: list[str] | None = None) -> int:
         if not args.manifest:
             raise ConfigError("--manifest is required")
         check_output(args.output, options)
-        raw = read_input(args.manifest, options=options, required=())
-        if raw and not ({"contentUrl", "video_uri"} & set(raw[0])):
+        info = describe_input(args.manifest, options, required=())
+        if not ({"contentUrl", "video_uri"} & set(info.columns)):
             raise ManifestError(f"input manifest {args.manifest} has neither a 'contentUrl' nor a 'video_uri' column")
-    except (ConfigError, ManifestError, PreflightError) as exc:
+    except (ConfigError, ManifestError, PreflightError, OSError) as exc:
         log.error("%s", exc)
         return EXIT_PREFLIGHT
-    if args.limit is not None:
-        raw = raw[: max(0, args.limit)]
-    rows = assign_job_ids([webvid_row(r) for r in raw])
-    passthrough = sorted({k for r in rows for k in r} - {"job_id", "status", "error"})
-    run_id = new_run_id()
-    context = RunContext(output_url=args.output.rstrip("/"),
-                         cache_url=(config.run.cache_url or storage.join_url(args.output, "cache")),
-                         run_id=run_id, config_hash=config_hash(config), storage=options)
+    mapped = webvid_row(dict.fromkeys(info.columns, "x"))  # the columns after WebVid mapping
+    passthrough = sorted(set(mapped) - {"job_id", "status", "error"})
+    output = absolute_url(args.output)
+    context = RunContext(output_url=output, cache_url=absolute_url(config.run.cache_url or
+                                                                   storage.join_url(output, "cache")),
+                         run_id=new_run_id(), config_hash=config_hash(config), storage=options)
     schema = shard_schema(passthrough, config.trajectories.c_mot_dtype)
-    store = ShardStore(context.output_url, run_id, schema, None, subdir="shards", options=options,
+    store = ShardStore(output, context.run_id, schema, None, subdir="shards", options=options,
                        shard=config.shards, passthrough=tuple(passthrough))
-    check = CheckRowStage(None, context)
+    job = Job(info=info, checks=[CheckRowStage(None, context)], specs=build_specs(config), context=context,
+              store=store, run=config.run, title="vidflow trajectory preprocessing", row_mapper=webvid_row,
+              keep_arrays=ARRAY_COLUMNS, merge_parts=False, limit=args.limit)
     try:
-        return execute(rows, [check], build_specs(config), context, store, config.run, dry_run=args.dry_run,
-                       title="vidflow trajectory preprocessing", keep_arrays=ARRAY_COLUMNS)
+        return execute(job, dry_run=args.dry_run)
     except PreflightError as exc:
         log.error("%s", exc)
         return EXIT_PREFLIGHT
+
 
 if __name__ == "__main__":
     sys.exit(main())

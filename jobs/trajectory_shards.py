@@ -42,7 +42,8 @@ class ShardConfig:
 
 
 SHARD_SCHEMA_VERSION = 1
-ARRAY_COLUMNS = ("tracks", "visibility", "path_lengths", "sampled_index", "c_mot")
+ARRAY_COLUMNS = ("sampled_tracks", "sampled_visibility", "tracks", "visibility", "path_lengths", "sampled_index",
+                 "c_mot")
 JSON_COLUMNS = ("outputs", "stage_seconds")
 SCALAR_FIELDS: list[pa.Field] = [
     pa.field("job_id", pa.string(), nullable=False), pa.field("videoid", pa.string()),
@@ -52,7 +53,8 @@ SCALAR_FIELDS: list[pa.Field] = [
     pa.field("width", pa.int32()), pa.field("height", pa.int32()), pa.field("source_fps", pa.float64()),
     pa.field("n_init", pa.int32()), pa.field("n_kept", pa.int32()), pa.field("n_sampled", pa.int32()),
     pa.field("length_threshold", pa.float32()), pa.field("c_mot_channels", pa.string()),
-    pa.field("c_mot_uri", pa.string()), pa.field("outputs", pa.string()), pa.field("stage_seconds", pa.string()),
+    pa.field("c_mot_uri", pa.string()), pa.field("c_mot_params", pa.string()), pa.field("outputs", pa.string()),
+    pa.field("stage_seconds", pa.string()),
     pa.field("content_hash", pa.string()), pa.field("attempt", pa.int32()),
     pa.field("finished_at", pa.timestamp("us", tz="UTC")), pa.field("run_id", pa.string()),
     pa.field("config_hash", pa.string()), pa.field("schema_version", pa.int16()),
@@ -61,7 +63,8 @@ SCALAR_FIELDS: list[pa.Field] = [
 
 def shard_schema(passthrough: Iterable[str] = (), c_mot_dtype: str = "float16") -> pa.Schema:
     """Shard columns: scalars, flat array columns (shapes in the docs), passthrough strings."""
-    arrays = [pa.field("tracks", pa.list_(pa.float32())), pa.field("visibility", pa.list_(pa.bool_())),
+    arrays = [pa.field("sampled_tracks", pa.list_(pa.float32())), pa.field("sampled_visibility", pa.list_(pa.bool_())),
+              pa.field("tracks", pa.list_(pa.float32())), pa.field("visibility", pa.list_(pa.bool_())),
               pa.field("path_lengths", pa.list_(pa.float32())), pa.field("sampled_index", pa.list_(pa.int32())),
               pa.field("c_mot", pa.large_list(pa.float16() if c_mot_dtype == "float16" else pa.float32()))]
     names = {f.name for f in SCALAR_FIELDS} | set(ARRAY_COLUMNS)
@@ -69,7 +72,8 @@ def shard_schema(passthrough: Iterable[str] = (), c_mot_dtype: str = "float16") 
     return pa.schema(SCALAR_FIELDS + arrays + extra)
 
 
-ARRAY_DTYPES = {"tracks": np.float32, "visibility": bool, "path_lengths": np.float32, "sampled_index": np.int32}
+ARRAY_DTYPES = {"tracks": np.float32, "visibility": bool, "path_lengths": np.float32, "sampled_index": np.int32,
+                "sampled_tracks": np.float32, "sampled_visibility": bool}
 
 
 def shard_arrays(record: dict) -> dict[str, np.ndarray]:
@@ -77,8 +81,9 @@ def shard_arrays(record: dict) -> dict[str, np.ndarray]:
     [T, N_init, 2] (x, y) px, visibility bool [T, N_init], path_lengths float32 [N_init],
     sampled_index int32 [k] (indices into N_init), c_mot [T, 2, H, W] (when inline)."""
     t, n, h, w = (int(record.get(k) or 0) for k in ("num_frames", "n_init", "height", "width"))
+    k = int(record.get("n_sampled") or 0)
     shapes = {"tracks": (t, n, 2), "visibility": (t, n), "path_lengths": (n,), "sampled_index": (-1,),
-              "c_mot": (t, 2, h, w)}
+              "sampled_tracks": (t, k, 2), "sampled_visibility": (t, k), "c_mot": (t, 2, h, w)}
     out = {}
     for name, shape in shapes.items():
         value = record.get(name)
@@ -161,7 +166,7 @@ class ShardStore(ManifestStore):
             columns.append(cls.from_arrays(off, flat, mask=pa.array([v is None for v in values])))
         return pa.Table.from_arrays(columns, schema=self.schema)
 
-    def write_part(self, rows: list[dict]) -> str | None:
+    def write_part(self, rows: list[dict], tag: str = "") -> str | None:
         """Write finished rows as bounded shards, atomically; returns the last shard's URL."""
         url = None
         chunk: list[dict] = []
@@ -170,33 +175,28 @@ class ShardStore(ManifestStore):
             nbytes = sum(rec[k].nbytes for k in ARRAY_COLUMNS if rec.get(k) is not None)
             too_big = nbytes > 0 and size + nbytes > self.shard.max_bytes
             if chunk and (len(chunk) >= self.shard.max_rows or too_big):
-                url = self._write(chunk)
+                url = self._write(chunk, tag)
                 chunk, size = [], 0
             chunk.append(rec)
             size += nbytes
         if chunk:
-            url = self._write(chunk)
+            url = self._write(chunk, tag)
         return url
 
-    def _write(self, records: list[dict]) -> str:
+    def part_name(self, seq: int, tag: str = "") -> str:
+        return f"shard-{self.run_id}{'-' + tag if tag else ''}-{seq:05d}.parquet"
+
+    def _write(self, records: list[dict], tag: str) -> str:
         self._seq += 1
-        url = storage.join_url(self.url, f"shard-{self.run_id}-{self._seq:05d}.parquet")
-        self._put(url, self._table(records))
+        url = storage.join_url(self.url, self.part_name(self._seq, tag))
+        self.write_table(url, self._table(records))
         return url
 
-    def _put(self, url: str, table: pa.Table) -> None:
+    def write_table(self, url: str, table: pa.Table) -> None:
         buffer = io.BytesIO()
         compression = None if self.shard.compression == "none" else self.shard.compression
         pq.write_table(table, buffer, compression=compression)
         storage.write_bytes(url, buffer.getvalue(), self.options)
-
-    def _read_part(self, url: str, columns: list[str] | None) -> pa.Table:
-        fs, path = storage.get_fs(url, self.options)
-        with fs.open(path, "rb") as handle:
-            names = pq.ParquetFile(handle).schema_arrow.names
-            cols = None if columns is None else [c for c in columns if c in names]
-            handle.seek(0)
-            return pq.read_table(handle, columns=cols)
 
     def read(self) -> pd.DataFrame:
         """Scalar and passthrough columns of all shards: one row per job_id, the latest winning."""
@@ -204,34 +204,10 @@ class ShardStore(ManifestStore):
         frames = []
         for url in self.part_urls():
             try:
-                frames.append(self._read_part(url, scalars).to_pandas())
+                frames.append(self.read_columns(url, scalars).to_pandas())
             except Exception as exc:  # noqa: BLE001 - a torn shard from a crash is skipped
                 log.warning("skipping unreadable shard %s: %s", url, exc)
         if not frames:
             return pd.DataFrame(columns=scalars)
         merged = pd.concat(frames, ignore_index=True).sort_values(["finished_at"], kind="stable")
         return merged.drop_duplicates("job_id", keep="last").reset_index(drop=True)
-
-    def compact(self) -> pd.DataFrame:
-        """Drop rows superseded by a later attempt of the same job_id (shards stay bounded)."""
-        keys = []
-        for url in self.part_urls():
-            try:
-                table = self._read_part(url, ["job_id", "finished_at"]).to_pandas()
-            except Exception:  # noqa: BLE001
-                continue
-            table["url"], table["pos"] = url, range(len(table))
-            keys.append(table)
-        if keys:
-            allk = pd.concat(keys, ignore_index=True).sort_values(["finished_at"], kind="stable")
-            winners = allk.drop_duplicates("job_id", keep="last")
-            losers = allk.drop(winners.index)
-            for url, group in losers.groupby("url"):
-                table = self._read_part(url, None)
-                keep = np.ones(len(table), bool)
-                keep[group["pos"].to_numpy()] = False
-                if keep.any():
-                    self._put(url, table.filter(pa.array(keep)))
-                else:
-                    storage.remove(url, self.options)
-        return self.read()

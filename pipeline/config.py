@@ -27,13 +27,22 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Resources:
-    """How a stage runs on Ray: actor pool size, per-actor resources and batch size."""
+    """How a stage runs on Ray: actor pool size, per-actor resources, batch size and row time limit.
+
+    ``compute: actors`` keeps a pool of long-lived actors (a stage that loads a model);
+    ``compute: tasks`` runs the stage in short Ray tasks that hold their CPU only while a row is
+    processed (light stages: decode, encode), so idle light stages never starve the others.
+    ``row_timeout_s`` turns a row that runs longer than this in the stage into a
+    ``TimeoutError`` on that row (the worker is restarted; None: no limit).
+    """
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     min_actors: int = 1
     max_actors: int = 1
     batch_size: int = 1
+    compute: Literal["actors", "tasks"] = "actors"
+    row_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.num_cpus < 0 or self.num_gpus < 0:
@@ -43,6 +52,10 @@ class Resources:
                 f"need 1 <= min_actors <= max_actors, got {self.min_actors}..{self.max_actors}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.compute not in ("actors", "tasks"):
+            raise ConfigError(f"compute must be 'actors' or 'tasks', got {self.compute!r}")
+        if self.row_timeout_s is not None and self.row_timeout_s <= 0:
+            raise ConfigError(f"row_timeout_s must be > 0 (or null), got {self.row_timeout_s}")
 
 
 def _type_name(tp: Any) -> str:

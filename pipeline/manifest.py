@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import storage
-from pipeline.stage import STATUS_OK, STATUS_PENDING, STATUS_SKIPPED
+from pipeline.stage import STATUS_PENDING, STATUS_SKIPPED
 from pipeline.storage import StorageOptions
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,8 @@ def _clean(value: object) -> object:
     return value
 
 
-def _as_text(value: object) -> str | None:
+def as_text(value: object) -> str | None:
+    """An input value as text: strings stay, dicts/lists become JSON, missing values None."""
     value = _clean(value)
     if value is None:
         return None
@@ -115,7 +116,10 @@ def _as_text(value: object) -> str | None:
 
 def read_input(url: str, *, method: str | None = None, options: StorageOptions | None = None,
                required: tuple[str, ...] = ("video_uri",)) -> list[dict]:
-    """Rows of an input manifest, or of a glob/prefix of video files.
+    """Rows of an input manifest, or of a glob/prefix of video files, all in memory.
+
+    For small inputs (tools, tests, benchmarks); jobs stream their input through Ray Data
+    (:mod:`pipeline.input_source`) and never hold it whole.
 
     Every value is a string or None (``params`` dicts are JSON-encoded). Glob inputs get
     ``source_fingerprint`` (size + ETag/mtime) so a replaced file becomes a new job.
@@ -137,7 +141,7 @@ def read_input(url: str, *, method: str | None = None, options: StorageOptions |
                             f"(columns: {', '.join(map(str, frame.columns))})")
     rows = []
     for record in frame.to_dict(orient="records"):
-        row = {str(k): _as_text(v) for k, v in record.items()}
+        row = {str(k): as_text(v) for k, v in record.items()}
         if method and not row.get("method"):
             row["method"] = method
         rows.append(row)
@@ -147,7 +151,7 @@ def read_input(url: str, *, method: str | None = None, options: StorageOptions |
 def make_job_id(row: dict) -> str:
     """Deterministic id of an input row: hash of its input fields and passthrough columns."""
     keys = sorted(k for k in row if k not in OUTPUT_NAMES or k in INPUT_FIELDS or k == "source_fingerprint")
-    text = json.dumps({k: _as_text(row.get(k)) for k in keys}, sort_keys=True)
+    text = json.dumps({k: as_text(row.get(k)) for k in keys}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -185,13 +189,13 @@ def to_output_record(row: dict, passthrough: Iterable[str]) -> dict:
         if name in ("stage_seconds", "outputs"):
             value = json.dumps(value or {}, sort_keys=True) if not isinstance(value, str) else value
         elif name == "params":
-            value = _as_text(value) if value not in ({}, None, "") else None
+            value = as_text(value) if value not in ({}, None, "") else None
         rec[name] = _clean(value)
     rec["finished_at"] = row.get("finished_at") or now_utc()
     rec["schema_version"] = OUTPUT_SCHEMA_VERSION
     for name in passthrough:
         if name not in rec:
-            rec[name] = _as_text(row.get(name))
+            rec[name] = as_text(row.get(name))
     return rec
 
 
@@ -239,50 +243,39 @@ class ManifestStore:
         return merged.drop_duplicates("job_id", keep="last").reset_index(drop=True)
 
     def records(self) -> list[dict]:
-        """The merged rows as dicts, with missing values as None (not NaN)."""
+        """The merged rows as dicts, with missing values as None (not NaN). Small outputs only."""
         frame = self.read()
         return [{k: _clean(v) for k, v in rec.items()} for rec in frame.to_dict(orient="records")]
 
-    def previous(self) -> dict[str, dict]:
-        """``job_id -> {"status", "attempt"}`` of jobs recorded by earlier runs."""
-        frame = self.read()
-        if frame.empty:
-            return {}
-        out = {}
-        for rec in frame[["job_id", "status", "attempt"]].to_dict(orient="records"):
-            attempt = rec.get("attempt")
-            out[rec["job_id"]] = {"status": rec["status"],
-                                  "attempt": int(attempt) if attempt == attempt and attempt is not None else 0}
-        return out
+    def read_columns(self, url: str, columns: list[str] | None) -> pa.Table:
+        """``columns`` (those present; None: all) of one part, reading no other column."""
+        fs, path = storage.get_fs(url, self.options)
+        with fs.open(path, "rb") as handle:
+            names = pq.ParquetFile(handle).schema_arrow.names
+            cols = None if columns is None else [c for c in columns if c in names]
+            handle.seek(0)
+            return pq.read_table(handle, columns=cols)
 
-    def write_part(self, rows: list[dict]) -> str | None:
-        """Write finished rows as one Parquet part, atomically; returns its URL."""
+    def part_name(self, seq: int, tag: str = "") -> str:
+        return f"part-{self.run_id}{'-' + tag if tag else ''}-{seq:05d}.parquet"
+
+    def write_part(self, rows: list[dict], tag: str = "") -> str | None:
+        """Write finished rows as one Parquet part, atomically; returns its URL.
+
+        ``tag`` tells concurrent writers' parts apart (``part-{run_id}-{tag}-{seq}.parquet``).
+        """
         if not rows:
             return None
-        table = pa.Table.from_pylist([self.to_record(r) for r in rows], schema=self.schema)
         self._seq += 1
-        url = storage.join_url(self.url, f"part-{self.run_id}-{self._seq:05d}.parquet")
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer)
-        storage.write_bytes(url, buffer.getvalue(), self.options)
+        url = storage.join_url(self.url, self.part_name(self._seq, tag))
+        self.write_table(url, pa.Table.from_pylist([self.to_record(r) for r in rows], schema=self.schema))
         return url
 
-    def compact(self) -> pd.DataFrame:
-        """Replace all parts with one holding the merged rows; returns the merged frame."""
-        old = self.part_urls()
-        merged = self.read()
-        if len(old) <= 1:
-            return merged
-        table = pa.Table.from_pandas(merged, preserve_index=False)
+    def write_table(self, url: str, table: pa.Table) -> None:
         buffer = io.BytesIO()
         pq.write_table(table, buffer)
-        url = storage.join_url(self.url, f"part-{self.run_id}-compacted.parquet")
         storage.write_bytes(url, buffer.getvalue(), self.options)
-        for part in old:
-            if part != url:
-                storage.remove(part, self.options)
-        return merged
 
-
-def ok_job_ids(previous: dict[str, dict]) -> set[str]:
-    return {job for job, rec in previous.items() if rec["status"] in (STATUS_OK, STATUS_SKIPPED)}
+    def split_for_write(self, table: pa.Table) -> list[pa.Table]:
+        """How a compacted table is cut into parts (one part; shards override this to stay bounded)."""
+        return [table]

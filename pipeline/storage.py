@@ -190,10 +190,10 @@ def list_files(url_or_glob: str, options: StorageOptions | None = None) -> list[
     found = [p for p in found if not fs.isdir(p)]
     if protocol == "file":
         return sorted(found)
-    return sorted(_unstrip(fs, p, protocol) for p in found)
+    return sorted(unstrip(fs, p, protocol) for p in found)
 
 
-def _unstrip(fs: fsspec.AbstractFileSystem, path: str, protocol: str) -> str:
+def unstrip(fs: fsspec.AbstractFileSystem, path: str, protocol: str) -> str:
     if protocol == "memory":
         return f"memory://{path.lstrip('/')}"
     return fs.unstrip_protocol(path)

@@ -37,7 +37,9 @@ class DecodeConfig:
     max_source_frames: int | None = 20_000
     max_bytes: int | None = 4 * 1024**3
     codec: str = "h264"  # a decoder that preflight requires
-    resources: Resources = field(default_factory=lambda: Resources(num_cpus=1, min_actors=1, max_actors=2))
+    # a short Ray task per row (holds a CPU only while decoding); a stalled read ends as TimeoutError
+    resources: Resources = field(default_factory=lambda: Resources(num_cpus=1, min_actors=1, max_actors=2,
+                                                                   compute="tasks", row_timeout_s=600.0))
 
     def __post_init__(self) -> None:
         if self.stride < 1:

@@ -200,6 +200,22 @@ def motion_conditions(tracks: np.ndarray, height: int, width: int, visibility: n
     return out
 
 
+def c_mot_from_record(sampled_tracks: np.ndarray, sampled_visibility: np.ndarray | None, height: int, width: int,
+                      params: dict) -> np.ndarray:
+    """Rebuild a row's ``c_mot`` [T, 2, H, W] from what a trajectory shard stores by default.
+
+    ``sampled_tracks`` float32 [T, k, 2] (x, y) px and ``sampled_visibility`` bool [T, k] are the
+    shard's sampled tracks; ``params`` is its ``c_mot_params`` JSON (kernel_size, sigma,
+    normalise_kernel, smooth, channel_order, mask_invisible, dtype). The result equals the dense
+    ``c_mot`` the stage writes with ``c_mot: array`` bit for bit; a training loader calls this.
+    """
+    kernel = (gaussian_kernel(int(params["kernel_size"]), float(params["sigma"]), bool(params["normalise_kernel"]))
+              if params.get("smooth", True) else None)
+    visibility = sampled_visibility if params.get("mask_invisible", True) else None
+    return motion_conditions(np.asarray(sampled_tracks, np.float32), int(height), int(width), visibility, kernel,
+                             str(params.get("channel_order", "dx,dy")), np.dtype(params.get("dtype", "float16")))
+
+
 def _swap(channel_order: str) -> bool:
     if channel_order not in CHANNEL_ORDERS:
         raise ValueError(f"channel_order {channel_order!r} is not one of {CHANNEL_ORDERS}")

@@ -23,6 +23,7 @@ its docstrings); :class:`TrajectoryStage` wires it to rows.
 from __future__ import annotations
 
 import io
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Literal
@@ -68,10 +69,15 @@ class TrajectoryConfig:
     smooth: bool = True
     channel_order: Literal["dx,dy", "dy,dx"] = "dx,dy"
     mask_invisible: bool = True  # draw a step only when the point is visible at t-1 and t
-    c_mot: Literal["array", "uri", "none"] = "array"  # row array, a .npy artifact, or not at all
+    # none (default): rows carry the sampled tracks and the rasterisation parameters, and the
+    # consumer rebuilds c_mot (stages.motion_conditions.c_mot_from_record); array: dense inline;
+    # uri: a .npy artifact per row
+    c_mot: Literal["array", "uri", "none"] = "none"
     c_mot_dtype: Literal["float16", "float32"] = "float16"
+    store_grid_tracks: bool = False  # also keep every grid point's track and visibility (tracks, visibility)
     keep_frames: bool = True  # False drops the decoded frames after this stage
-    previews: bool = True
+    previews: bool = True  # for the rows the run picks (run.preview_first / preview_every)
+    preview_format: Literal["webp", "gif"] = "webp"
     preview_width: int = 256
     preview_max_frames: int = 32
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -100,7 +106,8 @@ class TrajectoryStage(Stage):
     name = "trajectories"
     config_class = TrajectoryConfig
     reads = ("frames",)
-    writes = ("tracks", "visibility", "path_lengths", "sampled_index", "c_mot", "c_mot_uri", "n_init",
+    writes = ("sampled_tracks", "sampled_visibility", "tracks", "visibility", "path_lengths", "sampled_index",
+              "c_mot", "c_mot_uri", "c_mot_params", "n_init",
               "n_kept", "n_sampled", "length_threshold", "c_mot_channels", "num_frames")
 
     def __init__(self, config: TrajectoryConfig, context):
@@ -146,12 +153,17 @@ class TrajectoryStage(Stage):
         rng = np.random.default_rng(video_seed(video_id, cfg.seed))
         index = sample_tracks(lengths, rng, cfg.min_samples, cfg.max_samples)
         kept, _ = selection_probabilities(lengths)
-        row.update(tracks=tracks.astype(np.float32), visibility=visibility.astype(bool),
-                   path_lengths=lengths, sampled_index=index.astype(np.int32), n_init=int(len(points)),
-                   n_kept=int(len(kept)), n_sampled=int(len(index)), length_threshold=length_threshold(lengths),
-                   c_mot_channels=cfg.channel_order, num_frames=int(t_len), height=int(height), width=int(width))
+        row.update(sampled_tracks=tracks[:, index].astype(np.float32),
+                   sampled_visibility=visibility[:, index].astype(bool), path_lengths=lengths,
+                   sampled_index=index.astype(np.int32), n_init=int(len(points)), n_kept=int(len(kept)),
+                   n_sampled=int(len(index)), length_threshold=length_threshold(lengths),
+                   c_mot_channels=cfg.channel_order, c_mot_params=json.dumps(self.c_mot_params(), sort_keys=True),
+                   num_frames=int(t_len), height=int(height), width=int(width))
+        if cfg.store_grid_tracks:
+            row.update(tracks=tracks.astype(np.float32), visibility=visibility.astype(bool))
+        previews_wanted = cfg.previews and row.get("make_previews", True)
         c_mot = None
-        if cfg.c_mot != "none" or cfg.previews:
+        if cfg.c_mot != "none" or previews_wanted:
             c_mot = motion_conditions(tracks[:, index], height, width,
                                       visibility[:, index] if cfg.mask_invisible else None, self.kernel,
                                       cfg.channel_order, np.dtype(cfg.c_mot_dtype))
@@ -159,11 +171,18 @@ class TrajectoryStage(Stage):
             row["c_mot"] = c_mot
         elif cfg.c_mot == "uri":
             row["c_mot_uri"] = self._write_npy(row, c_mot)
-        if cfg.previews:
+        if previews_wanted:
             self._previews(row, frames, tracks, visibility, index, c_mot, viz)
         if not cfg.keep_frames:
             row.pop("frames", None)
         return row
+
+    def c_mot_params(self) -> dict:
+        """What :func:`stages.motion_conditions.c_mot_from_record` needs to rebuild ``c_mot`` exactly."""
+        cfg = self.config
+        return {"kernel_size": cfg.kernel_size, "sigma": cfg.sigma, "normalise_kernel": cfg.normalise_kernel,
+                "smooth": cfg.smooth, "channel_order": cfg.channel_order, "mask_invisible": cfg.mask_invisible,
+                "dtype": cfg.c_mot_dtype}
 
     def _mask(self, row: dict, height: int, width: int) -> np.ndarray | None:
         mask = row.get("mask")
@@ -197,13 +216,14 @@ class TrajectoryStage(Stage):
         vid, job = self._key(row)
         fps = float(row.get("fps") or 8.0)
         base = storage.join_url(self.context.output_url, "previews", vid)
+        fmt = self.config.preview_format
         overlay = viz.draw_tracks(frames, tracks[:, index], visibility[:, index])
-        url = previews.write_animation(overlay, storage.join_url(base, f"{job}-tracks.gif"), fps,
+        url = previews.write_animation(overlay, storage.join_url(base, f"{job}-tracks.{fmt}"), fps,
                                        width=self.config.preview_width, max_frames=self.config.preview_max_frames,
                                        options=self.context.storage)
         add_output(row, "tracks_overlay", url)
         colour = viz.motion_colour(c_mot, self.config.channel_order)
-        url = previews.write_animation(colour, storage.join_url(base, f"{job}-c_mot.gif"), fps,
+        url = previews.write_animation(colour, storage.join_url(base, f"{job}-c_mot.{fmt}"), fps,
                                        width=self.config.preview_width, max_frames=self.config.preview_max_frames,
                                        options=self.context.storage)
         add_output(row, "c_mot_preview", url)

@@ -160,7 +160,7 @@ class DepthStage(Stage):
         add_output(row, "depth", depth_url)
         add_output(row, "depth_stats", stats_url)
         row.update(depth_min=float(stats["min"]), depth_max=float(stats["max"]), depth_cached=cached)
-        if cfg.preview or cfg.preview_mp4:
+        if (cfg.preview or cfg.preview_mp4) and row.get("make_previews", True):
             self._previews(row, norm)
         if cfg.keep_array:
             row["depth"] = norm

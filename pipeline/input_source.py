@@ -1,0 +1,142 @@
+"""Input manifests as Ray Data datasets: read by workers, never materialised in the driver.
+
+:func:`describe_input` looks at the input cheaply in the driver (a CSV's header line, a
+Parquet footer, the first JSONL lines) to learn its columns and fail early on a missing file,
+an unsupported format or a missing required column. :func:`open_dataset` then reads it with
+Ray Data: CSV with every column as a string (so a column never changes type between blocks),
+Parquet as stored, JSONL as text lines parsed in the preparation tasks. A glob or folder of
+videos is listed in the driver (one listing with sizes and ETags: about 150 bytes a file) and
+handed to Ray Data as one Arrow table.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from pipeline import storage
+from pipeline.manifest import MANIFEST_EXTENSIONS, VIDEO_EXTENSIONS, ManifestError
+from pipeline.storage import StorageOptions
+
+log = logging.getLogger(__name__)
+JSONL_PROBE_LINES = 1000  # JSONL lines read in the driver to learn the columns
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """What the driver knows of an input before reading it."""
+
+    url: str
+    kind: str  # "csv", "parquet", "jsonl" or "videos"
+    columns: tuple[str, ...]
+    videos: pa.Table | None = None  # for kind "videos": video_uri, source_fingerprint
+
+
+def _kind(url: str) -> str:
+    lower = url.lower()
+    if lower.endswith((".parquet", ".pq")):
+        return "parquet"
+    if lower.endswith(".csv"):
+        return "csv"
+    if lower.endswith((".jsonl", ".ndjson", ".json")):
+        return "jsonl"
+    raise ManifestError(f"unsupported manifest format {os.path.splitext(url)[1]!r}: use .parquet, .csv or .jsonl")
+
+
+def _video_listing(url: str, options: StorageOptions | None, method: str | None) -> pa.Table:
+    fs, path = storage.get_fs(url, options)
+    if storage.is_glob(url):
+        found = fs.glob(path, detail=True)
+    elif fs.isdir(path):
+        found = fs.find(path, detail=True)
+    else:
+        found = {path: fs.info(path)} if fs.exists(path) else {}
+    uris, prints = [], []
+    protocol = storage.protocol_of(url)
+    for name in sorted(found):
+        info = found[name]
+        if info.get("type") == "directory" or not name.lower().endswith(VIDEO_EXTENSIONS):
+            continue
+        stamp = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
+        uris.append(name if protocol == "file" else storage.unstrip(fs, name, protocol))
+        prints.append(f"{info.get('size', '')}:{str(stamp).strip(chr(34))}")
+    log.info("%s matched %d videos", url, len(uris))
+    return pa.table({"video_uri": pa.array(uris, pa.string()), "method": pa.array([method] * len(uris), pa.string()),
+                     "source_fingerprint": pa.array(prints, pa.string())})
+
+
+def describe_input(url: str, options: StorageOptions | None = None, *, method: str | None = None,
+                   required: tuple[str, ...] = ("video_uri",)) -> InputInfo:
+    """Columns and kind of an input (see the module docstring); raises ManifestError when unusable."""
+    if not url.lower().endswith(MANIFEST_EXTENSIONS):
+        fs, path = storage.get_fs(url, options)
+        if not (storage.is_glob(url) or fs.isdir(path) or url.lower().endswith(VIDEO_EXTENSIONS)):
+            raise ManifestError(f"unsupported manifest {url!r}: use .parquet, .csv or .jsonl, "
+                                "a folder or a glob of videos")
+        table = _video_listing(url, options, method)
+        return InputInfo(url, "videos", tuple(table.column_names), table)
+    kind = _kind(url)
+    fs, path = storage.get_fs(url, options)
+    if not fs.exists(path):
+        raise ManifestError(f"input manifest not found: {url}")
+    with fs.open(path, "rb") as handle:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            columns = tuple(pq.ParquetFile(handle).schema_arrow.names)
+        elif kind == "csv":
+            first = io.TextIOWrapper(handle, encoding="utf-8", newline="").readline()
+            columns = tuple(next(csv.reader([first]), []))
+        else:
+            names: dict[str, None] = {}
+            text = io.TextIOWrapper(handle, encoding="utf-8")
+            for _, line in zip(range(JSONL_PROBE_LINES), text):
+                if line.strip():
+                    try:
+                        names.update(dict.fromkeys(json.loads(line)))
+                    except (json.JSONDecodeError, TypeError) as exc:
+                        raise ManifestError(f"input manifest {url}: a line is not a JSON object: {line[:80]!r}") \
+                            from exc
+            columns = tuple(names)
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise ManifestError(f"input manifest {url} has no {missing[0]!r} column (columns: {', '.join(columns)})")
+    return InputInfo(url, kind, columns)
+
+
+def pyarrow_filesystem(url: str, options: StorageOptions | None):
+    """A pyarrow filesystem over the same fsspec filesystem the rest of vidflow uses, and the path."""
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, path = storage.get_fs(url, options)
+    return PyFileSystem(FSSpecHandler(fs)), path
+
+
+def open_dataset(info: InputInfo, options: StorageOptions | None = None, *, limit: int | None = None,
+                 num_cpus: float = 0.25):
+    """The input as a Ray Data dataset of raw rows (see the module docstring)."""
+    import ray
+
+    if info.kind == "videos":
+        ds = ray.data.from_arrow(info.videos)
+    else:
+        fs, path = pyarrow_filesystem(info.url, options)
+        if info.kind == "csv":
+            import pyarrow.csv as pacsv
+
+            convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in info.columns},
+                                           strings_can_be_null=True)
+            ds = ray.data.read_csv(path, filesystem=fs, convert_options=convert, partitioning=None, num_cpus=num_cpus)
+        elif info.kind == "parquet":
+            ds = ray.data.read_parquet(path, filesystem=fs, partitioning=None, num_cpus=num_cpus)
+        else:
+            ds = ray.data.read_text(path, filesystem=fs, drop_empty_lines=True, partitioning=None, num_cpus=num_cpus)
+    if limit is not None:
+        ds = ds.limit(max(0, limit))
+    return ds

@@ -1,0 +1,265 @@
+"""The streaming engine's pure parts: dedupe, resume scan, preparation, row guard, writers, stats, compaction."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import compaction, manifest, storage
+from pipeline.config import Resources
+from pipeline.dedupe import InputRegistry, job_key, job_keys, occurrence_in_batch
+from pipeline.manifest import ManifestStore, output_schema
+from pipeline.prepare import PREVIEW_KEY, PREVIOUS_STATUS_KEY, PrepSpec, prepare_rows, wants_previews
+from pipeline.resume import STATUS_CODE, reduce_latest, scan_previous
+from pipeline.row_guard import RowLedger, guarded_run
+from pipeline.run_stats import RunStats, histogram_percentile, seconds_bin, small_record
+from pipeline.runner import fit_cpus
+from pipeline.stage import RunContext, Stage
+from pipeline.writers import PartWriter
+
+
+def _store(tmp_path, run_id="r1") -> ManifestStore:
+    return ManifestStore(str(tmp_path), run_id, output_schema(["lang"]),
+                         lambda r: manifest.to_output_record(r, ["lang"]))
+
+
+def _row(job, status, when, attempt=1, run_id="r0", video=None):
+    return {"job_id": job, "video_id": video or job, "status": status, "attempt": attempt, "lang": "en",
+            "run_id": run_id, "finished_at": pd.Timestamp(when, tz="UTC").to_pydatetime()}
+
+
+# --- dedupe -------------------------------------------------------------------------------------
+
+def test_occurrence_in_batch_counts_earlier_equal_keys():
+    assert occurrence_in_batch(np.array([7, 3, 7, 7, 3, 9], np.uint64)).tolist() == [0, 0, 1, 2, 1, 0]
+
+
+def test_registry_numbers_repeats_across_blocks_and_merges():
+    registry = InputRegistry()
+    prior, seq = registry.claim(np.array([1, 2, 1], np.uint64))
+    assert prior.tolist() == [0, 0, 1] and seq.tolist() == [0, 1, 2]
+    registry._merge()  # the sorted array and the recent buffer must agree
+    prior, seq = registry.claim(np.array([2, 1, 3, 3], np.uint64))
+    assert prior.tolist() == [1, 2, 0, 1] and seq.tolist() == [3, 4, 5, 6]
+    assert registry.stats()["distinct"] == 3
+
+
+def test_job_keys_are_stable_and_distinct():
+    keys = job_keys(["a", "b", "a-dup1"])
+    assert keys.dtype == np.uint64 and len(set(keys.tolist())) == 3 and int(keys[0]) == job_key("a")
+
+
+# --- preparation --------------------------------------------------------------------------------
+
+def test_prepare_marks_duplicates_drops_done_and_counts_attempts():
+    rows = [{"video_uri": "a.mp4"}, {"video_uri": "b.mp4"}, {"video_uri": "a.mp4"}]
+    base = [manifest.make_job_id(dict(r, method="reencode")) for r in rows]
+    previous = reduce_latest(job_keys([base[1], base[0]]), np.array([STATUS_CODE["ok"], STATUS_CODE["error"]]),
+                             np.array([1, 3]), np.array([1, 1]))
+    spec = PrepSpec(run_id="r", config_hash="c", method="reencode", preview_first=1, preview_every=0)
+    out, done = prepare_rows([dict(r) for r in rows], spec, previous, InputRegistry().claim)
+    assert done == 1  # b was ok before
+    assert [r["job_id"] for r in out] == [base[0], base[0] + "-dup1"]
+    assert out[0]["attempt"] == 4 and out[0][PREVIOUS_STATUS_KEY] == "error" and out[0]["status"] == "pending"
+    assert out[1]["status"] == "skipped" and "duplicate" in out[1]["error"]
+    assert [r[PREVIEW_KEY] for r in out] == [True, False]
+
+
+def test_preview_sampling_first_n_then_one_in_k():
+    picked = [s for s in range(100) if wants_previews(s, 5, 20)]
+    assert picked == [0, 1, 2, 3, 4, 5, 25, 45, 65, 85]
+
+
+# --- resume -------------------------------------------------------------------------------------
+
+def test_scan_reads_latest_status_per_job_and_skips_torn_parts(tmp_path):
+    store = _store(tmp_path)
+    store.write_part([_row("a", "error", "2026-01-01"), _row("b", "ok", "2026-01-01")])
+    store.write_part([_row("a", "ok", "2026-01-02", attempt=2)])
+    storage.write_bytes(storage.join_url(store.url, "part-torn-00001.parquet"), b"PAR1 torn")
+    prev = scan_previous(store)
+    status, attempt = prev.lookup(job_keys(["a", "b", "c"]))
+    assert status.tolist() == [STATUS_CODE["ok"], STATUS_CODE["ok"], 0] and attempt.tolist() == [2, 1, 0]
+    assert prev.counts() == {"ok": 2} and len(prev.unreadable) == 1
+    assert prev.nbytes == len(prev) * 13
+
+
+# --- row guard ----------------------------------------------------------------------------------
+
+class _Sleepy(Stage):
+    name = "sleepy"
+
+    def process(self, row):
+        if row.get("hang"):
+            time.sleep(30)
+        row["done"] = True
+        return row
+
+
+class _Exit(Exception):
+    pass
+
+
+def _raise_exit():
+    raise _Exit()
+
+
+def test_guard_turns_repeated_crashes_into_worker_crashed_error():
+    ledger, stage = RowLedger(), _Sleepy(None, None)
+    row = {"job_id": "j", "status": "pending"}
+    ledger.begin("sleepy", "j")
+    ledger.begin("sleepy", "j")  # two attempts that never ended: the worker died twice
+    out = guarded_run(stage, dict(row), ledger, max_row_attempts=2, row_timeout_s=None)
+    assert out["status"] == "error" and out["error"].startswith("WorkerCrashedError") and "done" not in out
+    assert ledger.in_flight() == 0
+    ok = guarded_run(stage, {"job_id": "k", "status": "pending"}, ledger, max_row_attempts=2, row_timeout_s=None)
+    assert ok["done"] and ledger.in_flight() == 0
+
+
+def test_guard_times_out_a_hung_row_then_reports_it_on_retry():
+    ledger, stage = RowLedger(), _Sleepy(None, None)
+    row = {"job_id": "h", "status": "pending", "hang": True}
+    with pytest.raises(_Exit):
+        guarded_run(stage, dict(row), ledger, max_row_attempts=3, row_timeout_s=0.2, exit_worker=_raise_exit)
+    out = guarded_run(stage, dict(row), ledger, max_row_attempts=3, row_timeout_s=0.2, exit_worker=_raise_exit)
+    assert out["status"] == "error" and out["error"].startswith("TimeoutError") and out["error_stage"] == "sleepy"
+
+
+# --- writers ------------------------------------------------------------------------------------
+
+def test_writer_flushes_by_time_without_further_rows(tmp_path):
+    from pipeline.stage import pack_row
+
+    store = _store(tmp_path)
+    writer = PartWriter(store, "w0", flush_rows=100, flush_seconds=0.3, tick_seconds=0.05)
+    writer.add([pack_row(_row("a", "ok", "2026-01-01") | {"finished_at": None})])
+    deadline = time.monotonic() + 5
+    while not store.part_urls() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(store.part_urls()) == 1 and "-w0-" in store.part_urls()[0]
+    assert writer.close() == {"rows": 1, "parts": 1}
+
+
+def test_writer_keeps_rows_when_a_write_fails_and_close_says_so(tmp_path):
+    from pipeline.stage import pack_row
+
+    class Broken:
+        def write_part(self, rows, tag=""):
+            raise OSError("S3 unavailable")
+
+    writer = PartWriter(Broken(), "w0", flush_rows=1, flush_seconds=100)
+    writer.add([pack_row({"job_id": "a", "status": "ok"})])
+    with pytest.raises(OSError, match="could not write 1 finished rows"):
+        writer.close()
+
+
+# --- stats and report ---------------------------------------------------------------------------
+
+def test_histogram_percentiles_are_close_to_exact():
+    rng = np.random.default_rng(0)
+    values = rng.lognormal(0, 1, 5000)
+    counts = np.zeros(400, np.int64)
+    for v in values:
+        counts[seconds_bin(v)] += 1
+    for q in (50, 90, 99):
+        assert abs(histogram_percentile(counts, q) / np.percentile(values, q) - 1) < 0.06
+
+
+def test_run_stats_are_bounded_and_count_the_whole_output():
+    stats = RunStats({"ok": 10, "error": 4}, sample_size=2, error_examples=2)
+    for i in range(50):
+        stats.add(small_record({"job_id": f"e{i}", "status": "error", "error_stage": "decode",
+                                "error": "VideoDecodeError: empty file", "stage_seconds": {"decode": 0.01},
+                                PREVIOUS_STATUS_KEY: "error" if i < 3 else None}))
+    for i in range(20):
+        stats.add(small_record({"job_id": f"o{i}", "status": "ok", "preview_uri": f"/o/previews/{i}.webp",
+                                "stage_seconds": {"decode": 0.5}}))
+    summary = stats.summary(60.0)
+    assert summary["counts"] == {"ok": 30, "error": 51, "skipped": 0}  # 3 earlier errors were retried
+    assert summary["failures_by_type"] == {"VideoDecodeError": 50} and len(stats.examples["VideoDecodeError"]) == 2
+    assert len(stats.sample) == 2 and len(stats.retried_keys) == 3
+    assert summary["stage_seconds"]["decode"]["rows"] == 70 and summary["videos_per_minute"] == 20.0
+
+
+def test_report_is_bounded_errors_first_with_plain_labels(tmp_path):
+    from pipeline import report
+
+    stats = RunStats(sample_size=3)
+    for i in range(500):
+        stats.add(small_record({"job_id": f"o{i}", "video_id": f"v{i}", "status": "ok",
+                                "preview_uri": str(tmp_path / "out" / "previews" / f"{i}.webp"),
+                                "outputs": {"atlas_bg_atlas": "/elsewhere/cache/bg.png"}}))
+    stats.add(small_record({"job_id": "x", "video_id": "<b>bad</b>", "status": "error", "error_stage": "decode",
+                            "error": "VideoTooLargeError: 4k"}))
+    page = report.render_html(stats.summary(1.0), stats.examples, stats.sample, str(tmp_path / "out"))
+    assert page.count("<img") == 6 and "background atlas" in page and "atlas_bg_atlas" not in page
+    assert page.index("VideoTooLargeError") < page.index("<img") and "&lt;b&gt;bad" in page
+    assert "href='previews/0.webp'" in page and "file:///elsewhere/cache/bg.png" in page
+
+
+# --- compaction ---------------------------------------------------------------------------------
+
+def test_compaction_merges_drops_superseded_and_keeps_unreadable_parts(tmp_path):
+    store = _store(tmp_path, run_id="r2")
+    store.write_part([_row("a", "error", "2026-01-01", run_id="r1"), _row("b", "ok", "2026-01-01", run_id="r1")])
+    store.write_part([_row("a", "ok", "2026-01-02", attempt=2, run_id="r2")])
+    torn = storage.join_url(store.url, "part-torn-00001.parquet")
+    storage.write_bytes(torn, b"PAR1 torn")
+    totals = compaction.compact(store, job_keys(["a"]), "r2", max_rows=1000)
+    assert totals["rows_out"] == 2
+    parts = store.part_urls()
+    assert torn in parts and len(parts) == 2
+    table = pq.read_table([p for p in parts if p != torn][0])
+    assert table.column("job_id").to_pylist() == ["a", "b"] and table.column("status").to_pylist() == ["ok", "ok"]
+
+
+def test_compaction_killed_after_writing_loses_nothing(tmp_path, monkeypatch):
+    store = _store(tmp_path, run_id="r1")
+    store.write_part([_row("a", "ok", "2026-01-01", run_id="r1")])
+    store.write_part([_row("b", "ok", "2026-01-01", run_id="r1")])
+
+    def killed(url, options=None):
+        raise KeyboardInterrupt  # the process dies before the old parts are removed
+
+    monkeypatch.setattr(storage, "remove", killed)
+    with pytest.raises(KeyboardInterrupt):
+        compaction.compact(store, np.zeros(0, np.uint64), "r1")
+    monkeypatch.undo()
+    assert sorted(store.read()["job_id"]) == ["a", "b"]  # old parts and the new one: nothing lost
+    assert scan_previous(store).counts() == {"ok": 2}
+    compaction.compact(store, np.zeros(0, np.uint64), "r1")
+    assert len(store.part_urls()) == 1 and sorted(store.read()["job_id"]) == ["a", "b"]
+
+
+# --- scheduling ---------------------------------------------------------------------------------
+
+def test_fit_cpus_leaves_room_for_light_tasks_on_two_cpus():
+    plan = [Resources(num_cpus=1, compute="tasks"), Resources(num_cpus=1), Resources(num_cpus=1),
+            Resources(num_cpus=1, compute="tasks")]
+    cpus, light = fit_cpus(plan, 2.0)
+    heavy = cpus[1] + cpus[2]
+    assert heavy + max(cpus[0], cpus[3]) + light <= 2.0 + 1e-9 and min(cpus) > 0
+    big, _ = fit_cpus(plan, 64.0)
+    assert big == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_small_record_is_json_and_small():
+    rec = small_record({"job_id": "j", "status": "ok", "frames": np.zeros((10, 64, 64, 3)), "outputs": {"a": "b"}})
+    assert json.loads(json.dumps(rec))["outputs"] == '{"a": "b"}' and "frames" not in rec
+    assert len(json.dumps(rec)) < 400
+
+
+def test_run_context_urls_are_absolute(tmp_path, monkeypatch):
+    from jobs.common import absolute_url
+
+    monkeypatch.chdir(tmp_path)
+    assert absolute_url("out/") == os.path.join(str(tmp_path), "out")
+    assert absolute_url("s3://b/out/") == "s3://b/out"
+    assert RunContext(absolute_url("x"), "c").output_url.startswith("/")
