@@ -1,0 +1,169 @@
+"""One command for the whole GPU picture: every GPU path of vidflow, each part time-boxed.
+
+    python -m bench.gpu_check [--json gpu_check.json] [--video CLIP.mp4] [--parts tune_a_video depth ...]
+    python -m bench.gpu_check --smoke          # every part at tiny sizes on the CPU (run by the tests)
+
+Built for one 10-minute call on one GPU: each part runs in its own process with a wall-time
+budget (the budgets sum to under 9 minutes), so a slow or hanging part is stopped and the others
+still run; a stopped part keeps the figures it reported before the limit, and its GPU memory is
+freed with its process. Results go to a JSON file and one table on stdout. Parts (bench/gpu_parts.py):
+
+* ``tune_a_video`` — SD 1.5 UNet/VAE/text encoder with random weights at 24 x 512 x 512: seconds
+  per tuning / inversion / sampling step, each phase's peak GPU memory, VAE and text encoder.
+* ``depth`` — DPT-Hybrid and DPT-Large (random weights) at 384 px in fp16: frames/s at batch 1,
+  8, 16 and of the whole ``predict`` on 768 x 432 frames.
+* ``atlas`` — hash-grid and PE fits of a 70 x 768 x 432 clip (``--video``, else the synthetic
+  sample) for fixed wall times: iterations/s, PSNR at wall-time checkpoints, projected time to
+  the production schedule, speed-up at equal PSNR.
+* ``edit_job`` — the edit job end to end over the sample with the atlas and edit actors on the
+  GPU: rows ok, wall time, GPU utilisation sampled during the run.
+
+An editing method added later registers its own part: a function in bench/gpu_parts.py (or its
+own bench module) and one line in :data:`PARTS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger("bench.gpu_check")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass(frozen=True)
+class Part:
+    name: str
+    target: str  # "module:function", called as fn(smoke, options, report) -> dict
+    budget_s: float  # wall-time limit of the part's process on the GPU
+    smoke_budget_s: float = 60.0  # generous: the tests run on 2 shared cores
+
+
+PARTS: dict[str, Part] = {p.name: p for p in (
+    Part("tune_a_video", "bench.gpu_parts:tune_a_video", 140.0),
+    Part("depth", "bench.gpu_parts:depth", 80.0),
+    Part("atlas", "bench.gpu_parts:atlas", 190.0),
+    Part("edit_job", "bench.gpu_parts:edit_job", 120.0, smoke_budget_s=90.0),
+)}
+
+
+def write_json(path: str, data: dict) -> None:
+    """Atomically replace ``path`` with ``data`` as JSON (a reader never sees half a file)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+def run_part_here(target: str, smoke: bool, options: dict, out_path: str) -> int:
+    """The child side: run one part (``module:function``), writing its figures to ``out_path`` as it goes."""
+    module, func = target.split(":")
+    fn = getattr(importlib.import_module(module), func)
+    figures: dict = {}
+
+    def report(partial: dict) -> None:
+        figures.update(partial)
+        write_json(out_path, {"figures": figures, "done": False})
+
+    try:
+        figures.update(fn(smoke, options, report))
+    except Exception as exc:  # noqa: BLE001 - recorded for the table; the parent goes on
+        log.exception("part %s failed", target)
+        write_json(out_path, {"figures": figures, "done": False, "error": f"{type(exc).__name__}: {exc}"})
+        return 1
+    write_json(out_path, {"figures": figures, "done": True})
+    return 0
+
+
+def run_part(part: Part, smoke: bool, options: dict, budget_s: float) -> dict:
+    """The parent side: run ``part`` in its own process group, stopped after ``budget_s`` seconds."""
+    fd, out_path = tempfile.mkstemp(suffix=".json", prefix=f"gpu-check-{part.name}-")
+    os.close(fd)
+    cmd = [sys.executable, "-m", "bench.gpu_check", "--run-part", part.target, "--part-out", out_path]
+    cmd += ["--smoke"] if smoke else []
+    cmd += ["--video", options["video"]] if options.get("video") else []
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=budget_s)
+        status = "ok" if proc.returncode == 0 else "error"
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        status = "timeout"
+    seconds = time.perf_counter() - start
+    try:
+        with open(out_path) as handle:
+            result = json.load(handle)
+    except (OSError, ValueError):
+        result = {"figures": {}}
+    finally:
+        os.unlink(out_path)
+    error = result.get("error") or (None if status == "ok" else (output or "").strip().splitlines()[-1:])
+    return {"status": status, "seconds": round(seconds, 1), "budget_s": budget_s, "error": error,
+            "figures": result.get("figures", {}), "log_tail": (output or "").strip().splitlines()[-20:]}
+
+
+def device_summary() -> dict:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__,
+            "cuda": torch.version.cuda, "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
+            "memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if cuda else None}
+
+
+def table(results: dict) -> str:
+    """One plain-text table: part, status, seconds of its budget, headline figures."""
+    rows = [("part", "status", "s / budget", "figures")]
+    for name, r in results["parts"].items():
+        figures = r["figures"].get("headline") or (str(r["error"]) if r["error"] else "")
+        status = r["status"] + (" (partial)" if r["status"] != "ok" and r["figures"] else "")
+        rows.append((name, status, f"{r['seconds']:.0f} / {r['budget_s']:.0f}", figures))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]}" for row in rows]
+    head = results["machine"]
+    title = f"vidflow gpu_check on {head['device']} (torch {head['torch']}, smoke={results['smoke']})"
+    return "\n".join([title, *lines])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="every part at tiny sizes (CPU; the tests run this)")
+    parser.add_argument("--parts", nargs="+", choices=sorted(PARTS), default=list(PARTS))
+    parser.add_argument("--video", help="the atlas part's clip (default: the synthetic sample)")
+    parser.add_argument("--json", default="gpu_check.json", help="where to write the results")
+    parser.add_argument("--budget-scale", type=float, default=1.0, help="multiply every part's time budget")
+    parser.add_argument("--run-part", help=argparse.SUPPRESS)
+    parser.add_argument("--part-out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    options = {"video": os.path.abspath(args.video) if args.video else None}
+    if args.run_part:
+        return run_part_here(args.run_part, args.smoke, options, args.part_out)
+    results = {"machine": device_summary(), "smoke": args.smoke, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                           time.gmtime()),
+               "parts": {}}
+    for name in args.parts:
+        part = PARTS[name]
+        budget = (part.smoke_budget_s if args.smoke else part.budget_s) * args.budget_scale
+        log.info("part %s (budget %.0f s)", name, budget)
+        results["parts"][name] = run_part(part, args.smoke, options, budget)
+        write_json(args.json, results)
+    print(table(results))
+    return 0 if all(r["status"] == "ok" for r in results["parts"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
