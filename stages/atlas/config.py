@@ -93,8 +93,8 @@ class AtlasConfig:
     flow_consistency_px: float = 1.0  # forward-backward check threshold
     mask_source: Literal["auto", "manifest", "motion"] = "auto"  # auto: mask_uri when given, else motion
     motion_threshold_px: float = 1.0  # residual motion that marks a pixel foreground
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True  # bfloat16 autocast on CUDA
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA only with resources.num_gpus > 0 (pipeline/devices)
+    amp: bool = True  # CUDA with bfloat16: MLP trunks autocast to bfloat16, geometry stays float32
     seed: int = 0
     check_every: int = 50  # iterations between NaN / divergence checks
     divergence_factor: float = 50.0  # loss above factor x its best (after warm-up) is divergence

@@ -32,8 +32,10 @@ class DiffusionConfig:
     ``unet``/``vae``/... name a component's own hub id or folder instead of ``model``'s subfolder.
     ``HF_HUB_OFFLINE=1`` is honoured (a hub id must then be in the local cache).
 
-    Precision and placement: ``dtype`` "auto" is float16 on CUDA and float32 on CPU; ``device``
-    "auto" is CUDA when present. Sampling: ``seed`` seeds every random draw of a row (noise,
+    Precision and placement (``pipeline/devices.py``): ``dtype`` "auto" is float32 on the CPU and
+    float16 on CUDA, or bfloat16 on cards that have it for methods that train (they keep trainable
+    tensors float32 and scale float16 losses: ``precision.py``); ``device`` "auto" is CUDA only
+    when ``resources.num_gpus > 0`` and a GPU is visible. Sampling: ``seed`` seeds every random draw of a row (noise,
     timesteps, VAE posterior) through ``torch.Generator``; ``num_inference_steps``;
     ``guidance_scale`` (classifier-free guidance, 1 = off).
 
