@@ -16,6 +16,14 @@ from stages.motion_conditions import gaussian_kernel, motion_conditions
 from tests.revideo_fixtures import tiny_control, tiny_svd_unet
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one torch thread is fastest, and two stall badly on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 @pytest.fixture(scope="module")
 def unet():
     return tiny_svd_unet()
@@ -232,3 +240,16 @@ def test_converter_writes_diffusers_folders_from_an_sgm_checkpoint(unet, tmp_pat
     torch.save({"state_dict": sgm}, tmp_path / "model.ckpt")
     assert convert.main([*args[:3], str(tmp_path / "again"), *args[4:]]) == 1
     assert convert.main(["--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_gpu_check_part_runs_at_smoke_size():
+    from bench.revideo import gpu_part, run_part
+
+    out = run_part(smoke=True, budget_s=120.0)
+    assert [(r["shape"], r["cfg_batch"], r["steps"]) for r in out["runs"]] == [("4x32x32", True, 2),
+                                                                              ("4x32x32", False, 2)]
+    assert all(r["seconds"] > 0 and r["peak_gib"] > 0 for r in out["runs"]) and not out["skipped"]
+    assert out["unet_mparams"] > out["control_mparams"] > 0 and "4x32x32" in out["headline"]
+    reports = []
+    assert gpu_part(True, {"budget_s": 0.0}, reports.append)["skipped"] == ["4x32x32 cfg_batch=True",
+                                                                             "4x32x32 cfg_batch=False"]

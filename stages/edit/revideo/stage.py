@@ -30,7 +30,7 @@ from stages.edit.diffusion.base import DiffusionEditStage
 from stages.edit.revideo import sampling
 from stages.edit.revideo.conditions import content_video, region_map
 from stages.edit.revideo.config import COMPONENTS, REVIDEO_LOAD_FIELDS, ReVideoConfig
-from stages.edit.revideo.control import controlled_unet_forward
+from stages.edit.revideo.denoise import sample_revideo
 from stages.edit.revideo.inputs import RowInputs, check_motion_fields, read_inputs
 from stages.motion_conditions import gaussian_kernel, motion_conditions
 
@@ -149,54 +149,29 @@ class ReVideoStage(DiffusionEditStage):
         video = torch.cat(out).clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
         return video.permute(0, 2, 3, 1).numpy()
 
-    def predict_v(self, sample: torch.Tensor, c_noise: float, image_embeds: torch.Tensor, ids: torch.Tensor,
-                  motion: torch.Tensor, content: torch.Tensor, region: torch.Tensor, scale: float) -> torch.Tensor:
-        """The UNet's v-prediction [B, F, C, h, w] (float32) with the control residuals added."""
-        sample = sample.to(self.device, self.dtype)
-        t = torch.tensor([c_noise], dtype=torch.float32, device=self.device)
-        down, mid = self.models["controlnet"](sample, t, image_embeds, ids, motion, content, region, scale)
-        return controlled_unet_forward(self.models["unet"], sample, t, image_embeds, ids, down, mid).float()
-
     @torch.no_grad()
     def sample(self, ref: np.ndarray, c_mot: np.ndarray, content: np.ndarray, region: np.ndarray, fps_id: int,
                config: ReVideoConfig) -> torch.Tensor:
-        """Denoised latents [1, F, C, h, w] (float32, scaled) for one clip's conditions."""
+        """Denoised latents [1, F, C, h, w] (float32, scaled) for one clip's conditions.
+
+        Random draws from one CPU generator seeded with ``seed``: the reference frame's noise
+        augmentation, then the initial latent noise (the release's order)."""
         dev, dt = self.device, self.dtype
         generator = self.generator(config.seed)
         frames, (height, width) = c_mot.shape[0], c_mot.shape[-2:]
         ref_t = torch.from_numpy(np.ascontiguousarray(ref)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-        noisy_ref = ref_t + config.cond_aug * torch.randn(ref_t.shape, generator=generator)
-        cond_latent = self.encode_latent(noisy_ref)  # [1, C, h, w]
-        cond = cond_latent[:, None].expand(-1, frames, -1, -1, -1).to(dt)
-        uncond = torch.zeros_like(cond)
-        embeds = self.encode_image(ref)
-        ids = added_time_ids(fps_id, config.motion_bucket_id, config.cond_aug).to(dev, dt)
+        cond_latent = self.encode_latent(ref_t + config.cond_aug * torch.randn(ref_t.shape, generator=generator))
         noise = torch.randn((1, frames, *cond_latent.shape[1:]), generator=generator)
-        motion = torch.from_numpy(c_mot)[None].to(dev, dt)
-        content_t = torch.from_numpy(content)[None].to(dev, dt)
-        region_t = torch.from_numpy(region)[None, None, None].expand(1, frames, 1, height, width).to(dev, dt)
-        scales = sampling.frame_guidance(frames, config.min_guidance_scale, config.guidance_scale)
-
-        def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
-            _, _, c_in, c_noise = sampling.edm_scalings(sigma)
-            scaled = (x * c_in).to(dt)
-            inp_u, inp_c = torch.cat([scaled, uncond], dim=2), torch.cat([scaled, cond], dim=2)
-            zero = torch.zeros_like(embeds)
-            if config.cfg_batch:
-                v = self.predict_v(torch.cat([inp_u, inp_c]), c_noise, torch.cat([zero, embeds]), ids.repeat(2, 1),
-                                   *(t.repeat(2, 1, 1, 1, 1) for t in (motion, content_t, region_t)),
-                                   config.conditioning_scale)
-                v_u, v_c = v.chunk(2)
-            else:
-                v_u = self.predict_v(inp_u, c_noise, zero, ids, motion, content_t, region_t,
-                                     config.conditioning_scale)
-                v_c = self.predict_v(inp_c, c_noise, embeds, ids, motion, content_t, region_t,
-                                     config.conditioning_scale)
-            return sampling.guide(sampling.denoised_from_v(x, v_u, sigma), sampling.denoised_from_v(x, v_c, sigma),
-                                  scales)
-
-        sigmas = sampling.karras_sigmas(config.num_inference_steps, config.sigma_min, config.sigma_max, config.rho)
-        return sampling.sample_euler(denoise, noise.to(dev), sigmas)
+        region_t = torch.from_numpy(region)[None, None, None].expand(1, frames, 1, height, width)
+        return sample_revideo(
+            self.models["unet"], self.models["controlnet"], noise.to(dev),
+            cond_latent[:, None].expand(-1, frames, -1, -1, -1).to(dt).contiguous(), self.encode_image(ref),
+            added_time_ids(fps_id, config.motion_bucket_id, config.cond_aug).to(dev, dt),
+            torch.from_numpy(c_mot)[None].to(dev, dt), torch.from_numpy(content)[None].to(dev, dt),
+            region_t.to(dev, dt), sampling.karras_sigmas(config.num_inference_steps, config.sigma_min,
+                                                         config.sigma_max, config.rho),
+            sampling.frame_guidance(frames, config.min_guidance_scale, config.guidance_scale),
+            cfg_batch=config.cfg_batch, conditioning_scale=config.conditioning_scale)
 
     # --- previews --------------------------------------------------------------------------
 
