@@ -4,8 +4,8 @@
 
 Both decode the same file to RGB24 at source resolution with the same thread count; the ffmpeg
 CLI writes raw frames to a pipe that is read and discarded. Prints frames/s of each and the ratio
-(pipeline / ffmpeg) measured in one run. Uses ../shared/data/videos/bear.mp4 when present,
-else a synthetic clip made by the project's sample generator (upscaled to 854x480).
+(pipeline / ffmpeg) measured in one run. Uses the clip given with ``--video``, else a synthetic
+clip made by the project's sample generator (upscaled to 854x480).
 """
 
 from __future__ import annotations
@@ -23,12 +23,7 @@ import numpy as np
 from pipeline import media
 
 log = logging.getLogger("bench.decode")
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "videos", "bear.mp4")
-
-
 def _default_video(tmp: str) -> str:
-    if os.path.exists(SHARED):
-        return os.path.abspath(SHARED)
     import cv2
 
     from jobs.sample_data import generate_sample

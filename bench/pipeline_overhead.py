@@ -20,6 +20,7 @@ from jobs.make_sample import make_sample
 from pipeline import report
 from pipeline.config import load_config
 from pipeline.manifest import ManifestStore, assign_job_ids, output_schema, read_input, to_output_record
+from pipeline.run_stats import RunStats, small_record
 from pipeline.stage import RunContext, run_stages_inline
 from stages.validate import ValidateConfig, ValidateStage
 
@@ -45,7 +46,10 @@ def plain_loop(manifest_url: str, out: str, overrides: list[str]) -> float:
     store = ManifestStore(out, "loop", output_schema(passthrough), lambda r: to_output_record(r, passthrough))
     store.write_part(done)
     seconds = time.perf_counter() - start
-    report.write_report(done, report.summarize(done, seconds), out)
+    stats = RunStats()
+    for row in done:
+        stats.add(small_record(row))
+    report.write_report(stats.summary(seconds), stats.examples, stats.sample, out)
     bad = [r for r in done if r["status"] != "ok"]
     if bad:
         raise RuntimeError(f"plain loop failed rows: {bad[0]['error']}")

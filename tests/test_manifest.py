@@ -5,8 +5,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import manifest, storage
+from pipeline import compaction, manifest, storage
+from pipeline.dedupe import job_keys
 from pipeline.manifest import ManifestError, ManifestStore, assign_job_ids, output_schema, read_input
+from pipeline.resume import STATUS_CODE, scan_previous
 
 ROWS = [
     {"video_uri": "s3://b/a.mp4", "prompt": "a cat", "params": json.dumps({"strength": 0.5}), "lang": "en"},
@@ -74,11 +76,12 @@ def test_store_merges_latest_attempt_and_compacts(tmp_path):
     store = ManifestStore(str(tmp_path), "r1", schema, lambda r: manifest.to_output_record(r, ["lang"]))
     store.write_part([_row("a", "error", "2026-01-01"), _row("b", "ok", "2026-01-01")])
     store2 = ManifestStore(str(tmp_path), "r2", schema, lambda r: manifest.to_output_record(r, ["lang"]))
-    store2.write_part([_row("a", "ok", "2026-01-02", attempt=2)])
-    prev = store2.previous()
-    assert prev == {"a": {"status": "ok", "attempt": 2}, "b": {"status": "ok", "attempt": 1}}
-    merged = store2.compact()
-    assert sorted(merged["job_id"]) == ["a", "b"]
+    store2.write_part([_row("a", "ok", "2026-01-02", attempt=2) | {"run_id": "r2"}])
+    prev = scan_previous(store2)
+    status, attempt = prev.lookup(job_keys(["a", "b"]))
+    assert status.tolist() == [STATUS_CODE["ok"]] * 2 and attempt.tolist() == [2, 1]
+    compaction.compact(store2, job_keys(["a"]), "r2")
+    assert sorted(store2.read()["job_id"]) == ["a", "b"]
     assert len(store2.part_urls()) == 1
     table = pq.read_table(store2.part_urls()[0])
     assert table.num_rows == 2 and json.loads(table.column("stage_seconds")[0].as_py()) == {"decode": 0.5}

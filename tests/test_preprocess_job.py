@@ -13,7 +13,7 @@ import pytest
 from jobs.preprocess_trajectories import main
 from jobs.trajectory_shards import ShardConfig, ShardStore, read_shard, shard_schema
 from pipeline import media
-from stages.motion_conditions import gaussian_kernel, motion_conditions, selection_probabilities
+from stages.motion_conditions import c_mot_from_record, gaussian_kernel, motion_conditions, selection_probabilities
 
 pytestmark = pytest.mark.slow
 
@@ -63,27 +63,30 @@ def test_job_writes_shards_row_by_row_and_resumes(ray_local, sample_dir, tmp_pat
     assert rows["1005"]["error"] == ("ClipTooShortError: clip has 5 frames after decoding, "
                                      "the trajectory window needs 8")
     for vid in ("1003", "1004", "1005"):
-        assert rows[vid]["tracks"] is None and rows[vid]["c_mot"] is None
+        assert rows[vid]["sampled_tracks"] is None and rows[vid]["c_mot"] is None
     kernel = gaussian_kernel(21, 4.0)
     for vid in ("1001", "1002"):
         r = rows[vid]
         assert r["status"] == "ok" and r["error"] is None and r["caption"] == captions[vid]
         assert (r["num_frames"], r["width"], r["height"], r["n_init"]) == (8, 128, 96, 64)
         assert r["fps"] == pytest.approx(12.0) and r["page_dir"] == "023001_023050"
-        assert r["tracks"].shape == (8, 64, 2) and r["tracks"].dtype == np.float32
-        assert r["visibility"].shape == (8, 64) and r["visibility"][0].all()
+        # the default shard is sparse: sampled tracks + parameters; c_mot is rebuilt by the library function
+        assert r["tracks"] is None and r["c_mot"] is None and r["path_lengths"].shape == (64,)
         kept, _ = selection_probabilities(r["path_lengths"])
         assert r["n_kept"] == len(kept) and set(r["sampled_index"].tolist()) <= set(kept.tolist())
         assert 1 <= len(r["sampled_index"]) == r["n_sampled"] <= 10 and r["c_mot_channels"] == "dx,dy"
-        assert r["c_mot"].shape == (8, 2, 96, 128) and r["c_mot"].dtype == np.float16
-        idx = r["sampled_index"]
-        expect = motion_conditions(r["tracks"][:, idx], 96, 128, r["visibility"][:, idx], kernel)
-        assert np.allclose(r["c_mot"].astype(np.float32), expect, atol=0.05, rtol=1e-2)
-        assert np.abs(r["c_mot"][1:]).max() > 0.1 and not r["c_mot"][0].any()
+        k = r["n_sampled"]
+        assert r["sampled_tracks"].shape == (8, k, 2) and r["sampled_tracks"].dtype == np.float32
+        assert r["sampled_visibility"].shape == (8, k) and r["sampled_visibility"][0].all()
+        c_mot = c_mot_from_record(r["sampled_tracks"], r["sampled_visibility"], 96, 128, json.loads(r["c_mot_params"]))
+        assert c_mot.shape == (8, 2, 96, 128) and c_mot.dtype == np.float16
+        expect = motion_conditions(r["sampled_tracks"], 96, 128, r["sampled_visibility"], kernel)
+        assert np.allclose(c_mot.astype(np.float32), expect, atol=0.05, rtol=1e-2)
+        assert np.abs(c_mot[1:]).max() > 0.1 and not c_mot[0].any()
         outputs = json.loads(r["outputs"])
         assert os.path.exists(outputs["tracks_overlay"]) and os.path.exists(outputs["c_mot_preview"])
     report = open(os.path.join(out, "report.html")).read()
-    assert "tracks.gif" in report and "c_mot.gif" in report and "ClipTooShortError" in report
+    assert "tracks.webp" in report and "c_mot.webp" in report and "ClipTooShortError" in report
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert summary["counts"] == {"ok": 2, "error": 3, "skipped": 0}
 
@@ -135,7 +138,7 @@ def test_http_content_urls(ray_local, sample_dir, tmp_path):
         args = ["--manifest", str(path), "--output", out, "--set", "run.max_failure_fraction=0.6"]
         assert main(args + [x for s in SETTINGS for x in ("--set", s)]) == 0
         rows = {r["videoid"]: r for r in _shard_rows(out)}
-        assert rows["2001"]["status"] == "ok" and rows["2001"]["tracks"].shape[0] == 8
+        assert rows["2001"]["status"] == "ok" and rows["2001"]["sampled_tracks"].shape[0] == 8
         assert rows["2002"]["status"] == "error" and rows["2002"]["error_stage"] == "decode"
     finally:
         server.terminate()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import cv2
 import numpy as np
@@ -12,6 +13,7 @@ from pipeline import storage
 from pipeline.config import ConfigError, from_dict
 from pipeline.stage import RunContext, run_stage
 from stages.motion_conditions import (
+    c_mot_from_record,
     displacement_impulses,
     gaussian_kernel,
     gaussian_smooth,
@@ -184,7 +186,8 @@ def _ctx(tmp_path):
 
 def test_stage_writes_consistent_row(tmp_path):
     frames = _moving_texture()
-    cfg = from_dict(TrajectoryConfig, {"num_frames": 5, "grid_stride": 16, "kernel_size": 11, "sigma": 3.0})
+    cfg = from_dict(TrajectoryConfig, {"num_frames": 5, "grid_stride": 16, "kernel_size": 11, "sigma": 3.0,
+                                       "c_mot": "array", "store_grid_tracks": True})
     stage = TrajectoryStage(cfg, _ctx(tmp_path))
     stage.setup()
     row = run_stage(stage, {"job_id": "j1", "video_id": "clip", "frames": frames, "fps": 8.0, "status": "pending"})
@@ -202,9 +205,20 @@ def test_stage_writes_consistent_row(tmp_path):
     err = np.abs(np.diff(row["tracks"], axis=0)[vis[1:] & vis[:-1]] - [1.5, 0.5])
     assert np.median(err) < 0.05 and np.percentile(err, 90) < 0.2 and vis.mean() > 0.8
     assert {"tracks_overlay", "c_mot_preview"} <= set(row["outputs"])
-    assert storage.exists(row["outputs"]["tracks_overlay"]) and row["outputs"]["tracks_overlay"].endswith(".gif")
-    again = run_stage(stage, {"job_id": "j2", "video_id": "clip", "frames": frames, "status": "pending"})
+    assert storage.exists(row["outputs"]["tracks_overlay"]) and row["outputs"]["tracks_overlay"].endswith(".webp")
+    # the sparse default keeps what rebuilds c_mot bit for bit, and writes no preview for a row not picked
+    again = run_stage(stage, {"job_id": "j2", "video_id": "clip", "frames": frames, "status": "pending",
+                              "make_previews": False})
     assert np.array_equal(again["sampled_index"], row["sampled_index"])  # seeded from the video id
+    rebuilt = c_mot_from_record(again["sampled_tracks"], again["sampled_visibility"], 64, 96,
+                                json.loads(again["c_mot_params"]))
+    assert rebuilt.dtype == np.float16 and np.array_equal(rebuilt, row["c_mot"])
+    assert "outputs" not in again or "tracks_overlay" not in again["outputs"]
+    sparse = TrajectoryStage(from_dict(TrajectoryConfig, {"num_frames": 5, "grid_stride": 16}), _ctx(tmp_path))
+    light = run_stage(sparse, {"job_id": "j3", "video_id": "clip", "frames": frames, "status": "pending",
+                               "make_previews": False})
+    assert "c_mot" not in light and "tracks" not in light
+    assert light["sampled_tracks"].shape == (5, light["n_sampled"], 2)
 
 
 def test_stage_short_clip_mask_and_uri(tmp_path):
@@ -220,7 +234,8 @@ def test_stage_short_clip_mask_and_uri(tmp_path):
     stage = TrajectoryStage(cfg, _ctx(tmp_path))
     row = run_stage(stage, {"job_id": "j", "video_id": "../v", "frames": frames, "mask": mask, "status": "pending"})
     assert row["status"] == "pending", row.get("error")
-    assert row["n_init"] == 12 and row["tracks"][0, :, 0].max() < 48 and "frames" not in row and "c_mot" not in row
+    assert row["n_init"] == 12 and row["sampled_tracks"][0, :, 0].max() < 48 and "frames" not in row
+    assert "c_mot" not in row
     assert row["c_mot_uri"].startswith(str(tmp_path / "out" / "c_mot")) and ".." not in row["c_mot_uri"]
     arr = np.load(io.BytesIO(storage.read_bytes(row["c_mot_uri"])), allow_pickle=False)
     assert arr.shape == (4, 2, 64, 96) and arr.dtype == np.float16
