@@ -253,3 +253,24 @@ def test_gpu_check_part_runs_at_smoke_size():
     reports = []
     assert gpu_part(True, {"budget_s": 0.0}, reports.append)["skipped"] == ["4x32x32 cfg_batch=True",
                                                                              "4x32x32 cfg_batch=False"]
+
+
+def test_stage3_selector_gives_gradients_only_to_temporal_kv_and_safm(unet):
+    from stages.edit.revideo.denoise import predict_v
+    from stages.edit.revideo.training import stage3_parameters
+
+    unet = tiny_svd_unet()  # its own copy: this test trains
+    control = tiny_control(unet, randomise=True)
+    params = stage3_parameters(unet, control)
+    assert {k.rsplit(".", 2)[-2] for k in params if ".attn1." in k} == {"to_k", "to_v"}
+    assert sum(k.startswith("controlnet.fusion.") for k in params) == 2 * (1 + 4 + 1 + 1)  # conv_in, 4 blocks, out, final
+    for model in (unet, control):
+        model.requires_grad_(False)
+    for p in params.values():
+        p.requires_grad_(True)
+    x, t, ctx, ids, motion, content, region = _inputs()
+    predict_v(unet, control, x, 0.3, ctx, ids, motion, content, region).square().mean().backward()
+    named = {**{f"unet.{n}": p for n, p in unet.named_parameters()},
+             **{f"controlnet.{n}": p for n, p in control.named_parameters()}}
+    with_grad = {n for n, p in named.items() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert with_grad == set(params)

@@ -11,6 +11,7 @@ import os
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from pipeline.config import ConfigError
 from pipeline.stage import RunContext, run_stage
@@ -195,3 +196,16 @@ def test_converted_folder_loads_from_an_fsspec_url(models, tmp_path):
     assert type(loaded["controlnet"]).__name__ == "ReVideoControlModel" and loaded["unet"].config.in_channels == 8
     with pytest.raises(ConfigError, match="unet: 'memory://nothing-here/unet' is not a diffusers folder"):
         check_sources(ReVideoConfig(model=models[0], checkpoint="memory://nothing-here"), COMPONENTS)
+
+
+def test_float16_models_give_the_float32_video_up_to_rounding(stage):
+    half = ReVideoStage(dataclasses.replace(stage.config, dtype="float16"), stage.context)
+    half.setup()
+    try:
+        assert next(half.models["controlnet"].parameters()).dtype == torch.float16
+        out = run_stage(half, _row())
+    finally:
+        half.close()
+    assert out["status"] == "pending", out.get("error")
+    diff = np.abs(out["edited_frames"].astype(int) - run_stage(stage, _row())["edited_frames"].astype(int))
+    assert diff.mean() < 1.0 and diff.max() < 16, (diff.mean(), diff.max())
