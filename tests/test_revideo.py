@@ -24,6 +24,7 @@ def one_thread():
     yield
     torch.set_num_threads(before)
 
+
 @pytest.fixture(scope="module")
 def unet():
     return tiny_svd_unet()
@@ -263,7 +264,7 @@ def test_stage3_selector_gives_gradients_only_to_temporal_kv_and_safm(unet):
     control = tiny_control(unet, randomise=True)
     params = stage3_parameters(unet, control)
     assert {k.rsplit(".", 2)[-2] for k in params if ".attn1." in k} == {"to_k", "to_v"}
-    assert sum(k.startswith("controlnet.fusion.") for k in params) == 2 * (1 + 4 + 1 + 1)  # conv_in, 4 blocks, out, final
+    assert sum(k.startswith("controlnet.fusion.") for k in params) == 2 * (1 + 4 + 1 + 1)  # in, 4 blocks, out, final
     for model in (unet, control):
         model.requires_grad_(False)
     for p in params.values():

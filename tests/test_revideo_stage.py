@@ -36,16 +36,14 @@ def _row(**extra) -> dict:
     return row
 
 
-
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Tiny models: one torch thread is fastest, and two stall badly on a busy 2-core machine."""
-    import torch
-
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> tuple[str, str]:
