@@ -4,6 +4,8 @@ checkpoint key converter."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -275,3 +277,14 @@ def test_stage3_selector_gives_gradients_only_to_temporal_kv_and_safm(unet):
              **{f"controlnet.{n}": p for n, p in control.named_parameters()}}
     with_grad = {n for n, p in named.items() if p.grad is not None and p.grad.abs().sum() > 0}
     assert with_grad == set(params)
+
+
+def test_row_fields_arrive_as_json_text_or_parquet_lists():
+    from stages.edit.revideo.conditions import parse_boxes, parse_trajectories
+
+    nested = np.array([np.array([np.array([1.0, 2.0]), np.array([3.0, 4.0])], dtype=object)], dtype=object)
+    paths, start_end = parse_trajectories(nested, 14)
+    assert start_end and paths.tolist() == [[[1.0, 2.0], [3.0, 4.0]]]
+    assert parse_trajectories("[[[1, 2], [3, 4]]]", 14)[0].tolist() == paths.tolist()
+    box = [[4, 5, 20, 30]]
+    assert parse_boxes(np.array(box[0])).tolist() == parse_boxes(json.dumps(box)).tolist() == box

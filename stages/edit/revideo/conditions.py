@@ -27,8 +27,15 @@ def parse_json_field(value: Any, field: str) -> Any:
             return json.loads(value)
         except json.JSONDecodeError as exc:
             raise RowFieldError(f"{field} is not valid JSON ({exc.msg} at char {exc.pos}): {value[:80]!r}") from exc
+    return _plain(value)
+
+
+def _plain(value: Any) -> Any:
+    """Nested lists from numpy arrays (Parquet list columns arrive as object arrays of arrays)."""
     if isinstance(value, np.ndarray):
-        return value.tolist()
+        return [_plain(v) for v in value] if value.dtype == object else value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
     return value
 
 
