@@ -62,3 +62,22 @@ def test_a_failing_part_is_an_error_with_its_message():
     result = run_part(Part("fail", "tests.test_gpu_check:failing_part", 60.0), True, {}, 60.0)
     assert result["status"] == "error" and result["figures"] == {"measured": 2.5}
     assert result["error"] == "ValueError: the GPU caught fire"
+
+
+def test_phase_peak_is_each_phases_own_memory_not_the_process_lifetime_peak():
+    """What bench/tune_a_video.py reports per phase on the CPU: a phase that allocates shows it, and
+    a later phase that does not is not charged for it (the lifetime peak RSS would be)."""
+    import numpy as np
+    import torch
+
+    from bench.tune_a_video import PhasePeak, rss_bytes
+
+    cpu = torch.device("cpu")
+    base = rss_bytes()
+    with PhasePeak(cpu) as big:
+        block = np.ones(300 * 2**20, np.uint8)  # 300 MiB, touched, alive until the phase ends
+    del block
+    with PhasePeak(cpu) as small:
+        pass
+    assert big.bytes >= base + 250 * 2**20
+    assert small.bytes < big.bytes - 200 * 2**20
