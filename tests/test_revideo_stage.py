@@ -201,6 +201,9 @@ def test_float16_models_give_the_float32_video_up_to_rounding(stage):
     half.setup()
     try:
         assert next(half.models["controlnet"].parameters()).dtype == torch.float16
+        vae = half.models["vae"]  # stays float32 (vae_float32), loaded without a round trip through fp16
+        assert vae.dtype == torch.float32
+        assert all(torch.equal(a, b) for a, b in zip(vae.parameters(), stage.models["vae"].parameters()))
         out = run_stage(half, _row())
     finally:
         half.close()

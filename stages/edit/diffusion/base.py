@@ -123,7 +123,7 @@ class DiffusionEditStage(EditStage):
         for name, module in self.models.items():
             if isinstance(module, torch.nn.Module):
                 offload = cfg.cpu_offload and name != "unet"
-                module.to(device="cpu" if offload else self.device, dtype=self.dtype)
+                module.to(device="cpu" if offload else self.device, dtype=self.component_dtype(name))
         unet, vae = self.models.get("unet"), self.models.get("vae")
         if unet is not None and cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
@@ -133,6 +133,10 @@ class DiffusionEditStage(EditStage):
 
     def prepare_models(self, models: dict[str, Any]) -> None:
         """Adapt freshly loaded float32 components before placement (inflate a UNet, ...)."""
+
+    def component_dtype(self, name: str) -> torch.dtype:
+        """The dtype component ``name`` is placed in: ``dtype``, unless a method keeps one in float32."""
+        return self.dtype
 
     def after_setup(self) -> None:
         """Work after placement (snapshot weights, ...)."""

@@ -21,7 +21,7 @@ COMPONENTS: dict[str, ComponentSpec] = {
     "feature_extractor": ComponentSpec("transformers", "CLIPImageProcessor", "preprocessor_config.json"),
 }
 REVIDEO_LOAD_FIELDS: tuple[str, ...] = (*LOAD_FIELDS, "checkpoint", "controlnet", "image_encoder",
-                                        "feature_extractor", "forward_chunking")
+                                        "feature_extractor", "forward_chunking", "vae_float32")
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,9 @@ class ReVideoConfig(DiffusionConfig):
 
     Memory: ``cfg_batch`` runs the unconditional and conditional passes as one batch (False: one
     after the other, half the activations); ``forward_chunking`` runs feed-forward layers one
-    frame/token chunk at a time; ``vae_batch`` frames per VAE decode (the release decodes 1).
+    frame/token chunk at a time; ``vae_batch`` frames per VAE decode (the release decodes 1);
+    ``vae_float32`` keeps the VAE in float32 whatever ``dtype`` (the release's VAE never runs in
+    half precision).
     """
 
     model: str = SVD_MODEL
@@ -78,6 +80,7 @@ class ReVideoConfig(DiffusionConfig):
     cfg_batch: bool = True
     forward_chunking: bool = False
     vae_batch: int = 1
+    vae_float32: bool = True
     previews: bool = True
     preview_width: int = 384
     resources: Resources = field(default_factory=lambda: Resources(num_cpus=1, num_gpus=0, min_actors=1,

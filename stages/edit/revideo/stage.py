@@ -73,6 +73,11 @@ class ReVideoStage(DiffusionEditStage):
             for name in ("unet", "controlnet"):
                 enable_forward_chunking(models[name])
 
+    def component_dtype(self, name: str) -> torch.dtype:
+        if name == "vae" and self.config.vae_float32:  # the release never runs its VAE in half precision
+            return torch.float32
+        return self.dtype
+
     def after_setup(self) -> None:
         unet, control, vae = self.models["unet"], self.models["controlnet"], self.models["vae"]
         control.to(self.device)  # used every step, even with cpu_offload
@@ -100,7 +105,8 @@ class ReVideoStage(DiffusionEditStage):
 
     def edit_clip(self, row: dict, clip: np.ndarray, config: ReVideoConfig) -> np.ndarray:
         inputs = self._inputs
-        assert inputs is not None, "edit_clip runs inside edit"
+        if inputs is None:
+            raise RuntimeError("ReVideoStage.edit_clip runs inside edit(), which reads the row's inputs")
         f, h, w = clip.shape[:3]
         region = region_map(inputs.boxes, h, w)
         content = content_video(clip, region)
@@ -135,14 +141,15 @@ class ReVideoStage(DiffusionEditStage):
     def encode_latent(self, pixels: torch.Tensor) -> torch.Tensor:
         """Mode of the VAE posterior [1, C, h, w], unscaled (SVD's conditioning latent), of [1, 3, H, W]."""
         with self.on_device("vae") as vae:
-            return vae.encode(pixels.to(self.device, self.dtype)).latent_dist.mode().to(self.device)
+            pixels = pixels.to(self.device, vae.dtype)
+            return vae.encode(pixels).latent_dist.mode().to(self.device, self.dtype)
 
     @torch.no_grad()
     def decode_video(self, latents: torch.Tensor, chunk: int) -> np.ndarray:
         """uint8 [F, H, W, 3] of scaled latents [1, F, C, h, w], ``chunk`` frames per decoder call."""
         out = []
         with self.on_device("vae") as vae:
-            z = latents[0].to(self.device, self.dtype) / vae.config.scaling_factor
+            z = latents[0].to(self.device, vae.dtype) / vae.config.scaling_factor
             for start in range(0, len(z), chunk):
                 part = z[start:start + chunk]
                 out.append(vae.decode(part, num_frames=len(part)).sample.float().cpu())
