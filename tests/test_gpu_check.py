@@ -40,6 +40,7 @@ def test_smoke_runs_every_part_and_writes_json_and_one_table(tmp_path):
         assert part["figures"]["headline"] and name in proc.stdout
     tav = results["parts"]["tune_a_video"]["figures"]
     assert tav["seconds_per_tuning_step"] > 0 and tav["seconds_per_sampling_step"] > 0
+    assert tav["precision"] == "float16 autocast + GradScaler"
     assert {"peak_gib_tuning", "peak_gib_inversion", "peak_gib_sampling", "seconds_vae_decode_clip"} <= set(tav)
     depth = results["parts"]["depth"]["figures"]["models"]["tiny"]
     assert depth["model_fps_b1"] > 0 and depth["predict_fps_b8"] > 0
