@@ -170,7 +170,13 @@ def convert(ckpt: str, out: str, unet_config: dict | None = None, control_config
 
     from stages.edit.revideo.control import ReVideoControlModel
 
-    state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:  # a legacy (pre-zipfile) pickle cannot be memory-mapped
+        if "mmap" not in str(exc):
+            raise
+        log.warning("%s cannot be memory-mapped (%s); loading it into memory", ckpt, exc)
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
     sgm = state.get("state_dict", state)
     written = {}
     parts = (("unet", UNetSpatioTemporalConditionModel, unet_config or {"num_frames": 14}, UNET_PREFIX),
