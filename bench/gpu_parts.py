@@ -23,6 +23,13 @@ log = logging.getLogger("bench.gpu_parts")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def targets_text(targets: dict[str, bool | None]) -> str:
+    """``targets: 1/2 met (name: no)`` for the table; None is a target the run could not decide."""
+    decided = {k: v for k, v in targets.items() if v is not None}
+    missed = [k for k, v in decided.items() if not v] + [f"{k}: undecided" for k, v in targets.items() if v is None]
+    return f"targets {sum(decided.values())}/{len(targets)} met" + (f" ({'; '.join(missed)})" if missed else "")
+
+
 def _device_name() -> str:
     import torch
 
@@ -43,6 +50,10 @@ def tune_a_video(smoke: bool, options: dict, report) -> dict:
                        f"({out['peak_gib_tuning']:.1f} GiB), sample {out['seconds_per_sampling_step']:.3f} s/step "
                        f"({out['peak_gib_sampling']:.1f} GiB); 500+50+50 steps "
                        f"~{out['projected_seconds_per_video']:.0f} s")
+    peak = max(v for k, v in out.items() if k.startswith("peak_gib_"))
+    out["targets"] = {"<= 4 min per video (H100)": out["projected_seconds_per_video"] <= 240,
+                      "<= 24 GB": peak * 2**30 <= 24e9}
+    out["headline"] += "; " + targets_text(out["targets"])
     return out
 
 
@@ -78,6 +89,11 @@ def depth(smoke: bool, options: dict, report) -> dict:
         f"{k}: model {v.get(f'model_fps_b{batches[-1]}', '?')} fr/s at b{batches[-1]} "
         f"(b1 {v.get('model_fps_b1', '?')}), predict {v.get('predict_fps_b8', '?')} fr/s"
         for k, v in out["models"].items())
+    hybrid = out["models"].get("hybrid")
+    if hybrid:
+        best = max(v for k, v in hybrid.items() if k.startswith("model_fps_b"))
+        out["targets"] = {"DPT-Hybrid >= 100 frames/s (H100)": best >= 100}
+        out["headline"] += "; " + targets_text(out["targets"])
     return out
 
 
@@ -151,7 +167,7 @@ def atlas(smoke: bool, options: dict, report) -> dict:
              "hash": {"levels": 4, "log2_table_size": 10, "hidden": 16, "layers": 1, "mapping_levels": 2},
              "pe": {"width": 16, "fg_mapping_layers": 1, "bg_mapping_layers": 1, "alpha_layers": 1,
                     "atlas_layers": 1, "atlas_frequencies": 2}} if smoke else {}
-    budgets = {"hash": 1.0, "pe": 0.6} if smoke else {"hash": 80.0, "pe": 45.0}
+    budgets = {"hash": 1.0, "pe": 0.6} if smoke else {"hash": 100.0, "pe": 35.0}
     marks = {k: [b * f for f in (0.1, 0.25, 0.5, 0.75, 1.0)] for k, b in budgets.items()}
     out: dict = {"clip": name, "shape": [t, h, w], "mask_source": source, "device": _device_name(), "fits": {}}
     for encoding in ("hash", "pe"):
@@ -168,6 +184,12 @@ def atlas(smoke: bool, options: dict, report) -> dict:
     out["headline"] = (f"hash {hash_fit['iterations_per_s']} it/s, {last[1]} dB at {last[0]} s, 20k its "
                        f"~{hash_fit['projected_production_minutes']} min; PE {out['fits']['pe']['iterations_per_s']} "
                        f"it/s; speed-up estimate {f'{speed:.1f}x' if speed else 'n/a'}")
+    reached = out["hash_seconds_to_30db"]
+    # undecided when the fit budget ended before 30 dB and before 3 minutes
+    out["targets"] = {">= 30 dB in <= 3 min (H100)": (reached <= 180) if reached is not None else (
+        False if hash_fit["fit_seconds"] >= 180 else None)}
+    out["headline"] += f"; 30 dB {f'at {reached:.0f} s' if reached else 'not reached'}; " + \
+        targets_text(out["targets"])
     return out
 
 

@@ -47,7 +47,8 @@ def test_smoke_runs_every_part_and_writes_json_and_one_table(tmp_path):
     atlas = results["parts"]["atlas"]["figures"]
     for fit in atlas["fits"].values():
         assert fit["iterations"] > 0 and fit["curve"] and fit["projected_production_minutes"] > 0
-    assert "speedup_lower_bound" in atlas["comparison"]
+    assert "speedup_lower_bound" in atlas["comparison"] and set(atlas["targets"]) == {">= 30 dB in <= 3 min (H100)"}
+    assert "targets" in tav and "targets" not in results["parts"]["depth"]["figures"]  # hybrid only on the GPU
     assert results["parts"]["edit_job"]["figures"]["exit_code"] == 0
     table = proc.stdout.strip().splitlines()
     assert table[0].startswith("vidflow gpu_check on cpu") and table[1].split()[:2] == ["part", "status"]
