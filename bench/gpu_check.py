@@ -1,6 +1,6 @@
 """One command for the whole GPU picture: every GPU path of vidflow, each part time-boxed.
 
-    python -m bench.gpu_check [--json gpu_check.json] [--video CLIP.mp4] [--parts tune_a_video depth ...]
+    python -m bench.gpu_check [--json bench/results/gpu_check.json] [--video CLIP.mp4] [--parts tune_a_video ...]
     python -m bench.gpu_check --smoke          # every part at tiny sizes on the CPU (run by the tests)
 
 Built for one 10-minute call on one GPU: each part runs in its own process with a wall-time
@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="every part at tiny sizes (CPU; the tests run this)")
     parser.add_argument("--parts", nargs="+", choices=sorted(PARTS), default=list(PARTS))
     parser.add_argument("--video", help="the atlas part's clip (default: the synthetic sample)")
-    parser.add_argument("--json", default="gpu_check.json", help="where to write the results")
+    parser.add_argument("--json", default=os.path.join(ROOT, "bench", "results", "gpu_check.json"),
+                        help="where to write the results (default: bench/results/, git-ignored)")
     parser.add_argument("--budget-scale", type=float, default=1.0, help="multiply every part's time budget")
     parser.add_argument("--run-part", help=argparse.SUPPRESS)
     parser.add_argument("--part-out", help=argparse.SUPPRESS)
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     options = {"video": os.path.abspath(args.video) if args.video else None}
     if args.run_part:
         return run_part_here(args.run_part, args.smoke, options, args.part_out)
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     results = {"machine": device_summary(), "smoke": args.smoke, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                            time.gmtime()),
                "parts": {}}
