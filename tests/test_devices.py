@@ -120,6 +120,8 @@ def test_stages_without_a_gpu_resolve_auto_to_cpu_where_cuda_is_visible(tmp_path
     tav = stages["edit:tune_a_video"]
     tav.resolve_placement()
     assert (tav.device, tav.dtype, tav.precision.describe()) == (torch.device("cpu"), torch.float32, "float32")
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: pytest.fail("a CPU actor touched the GPU"))
+    tav.close()
     monkeypatch.setattr(torch.hub, "load", lambda *a, **k: torch.nn.Linear(1, 1))
     tracker = CoTracker(CoTrackerConfig(device="auto"), num_gpus=0)
     tracker.load()

@@ -144,7 +144,7 @@ class DiffusionEditStage(EditStage):
     def close(self) -> None:
         self.models = {}
         gc.collect()
-        if torch.cuda.is_available():
+        if self.device.type == "cuda":  # never touch a GPU this actor was not granted (a CUDA context costs ~0.5 GB)
             torch.cuda.empty_cache()
 
     # --- per row ---------------------------------------------------------------------------
