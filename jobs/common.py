@@ -55,6 +55,8 @@ class RunConfig:
     setup_attempts: int = 2  # actor restarts after a failed setup() before rows get the setup error
     max_actor_restarts: int = 16  # Ray restarts of one stage actor (crashes, timeouts), then the run stops
     prepare_block_rows: int = 1000  # input rows per preparation task
+    rows_per_block: int = 1  # rows per block after preparation: 1 lets a slow row hold up no other; more
+    # amortises Ray's per-call cost when rows take milliseconds (the trajectory job uses 8)
     preview_first: int = 20  # rows that always get previews ...
     preview_every: int = 50  # ... then one in this many (0: none)
     report_sample: int = 50  # ok rows shown in report.html
@@ -65,7 +67,7 @@ class RunConfig:
         if not 0.0 <= self.max_failure_fraction <= 1.0:
             raise ConfigError(f"run.max_failure_fraction must be in [0, 1], got {self.max_failure_fraction}")
         for name in ("flush_rows", "writers", "max_row_attempts", "setup_attempts", "prepare_block_rows",
-                     "compact_rows"):
+                     "compact_rows", "rows_per_block"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"run.{name} must be >= 1, got {getattr(self, name)}")
         if self.flush_seconds <= 0 or self.progress_seconds <= 0:
@@ -177,7 +179,8 @@ def execute(job: Job, *, dry_run: bool = False, ray_init: Callable[[], None] | N
         guard=runner.Guard(max_row_attempts=cfg.max_row_attempts, setup_attempts=cfg.setup_attempts,
                            max_actor_restarts=cfg.max_actor_restarts),
         writers=cfg.writers, flush_rows=cfg.flush_rows, flush_seconds=cfg.flush_seconds,
-        keep_arrays=job.keep_arrays, limit=job.limit, prepare_block_rows=cfg.prepare_block_rows)
+        keep_arrays=job.keep_arrays, limit=job.limit, prepare_block_rows=cfg.prepare_block_rows,
+        rows_per_block=cfg.rows_per_block)
     (ray_init or (lambda: runner.init_ray(cfg.num_cpus)))()
     if dry_run:
         counts = runner.count_prepared(plan)

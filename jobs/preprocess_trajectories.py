@@ -69,7 +69,9 @@ class WindowConfig:
 
 @dataclass(frozen=True)
 class TrajectoryJobConfig:
-    run: RunConfig = field(default_factory=lambda: RunConfig(method="trajectories", flush_rows=16))
+    # rows take milliseconds: 32 rows per block amortise Ray's per-call cost (bench/scale.py)
+    run: RunConfig = field(default_factory=lambda: RunConfig(method="trajectories", flush_rows=256,
+                                                             rows_per_block=32))
     storage: StorageOptions = field(default_factory=StorageOptions)
     window: WindowConfig = field(default_factory=WindowConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)  # limits, threads, resources

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ShardConfig:
-    max_rows: int = 16  # rows per Parquet shard (at most)
+    max_rows: int = 1024  # rows per Parquet shard (at most; dense c_mot rows hit max_bytes first)
     max_bytes: int = 512 * 1024 * 1024  # uncompressed array bytes per shard (at most, one row excepted)
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 
 from pipeline.dedupe import InputRegistry, job_key
 from pipeline.input_source import InputInfo, open_dataset
@@ -157,12 +158,21 @@ def stage_task(batch: pa.Table, stage_cls: type[Stage], config, context, ledger,
     return _process_batch(stage, batch, _Ledger(ledger), guard, error)
 
 
-def prepare_task(batch: pa.Table, spec: PrepSpec, previous: PreviousOutput, registry, jsonl: bool) -> pa.Table:
-    """Step 2 of the plan for one block of input rows."""
+COUNT_SCHEMA = pa.schema([(name, pa.int64()) for name in ("to_process", "error", "skipped", "already_done")])
+
+
+def prepare_task(batch: pa.Table, spec: PrepSpec, previous: PreviousOutput, registry, jsonl: bool,
+                 count_only: bool = False) -> pa.Table:
+    """Step 2 of the plan for one block of input rows (``count_only``: one row of counts, for dry runs)."""
     import ray
 
     raw = rows_from_jsonl(batch.column("text").to_pylist()) if jsonl else rows_from_table(batch)
     rows, done = prepare_rows(raw, spec, previous, lambda keys: ray.get(registry.claim.remote(keys)))
+    if count_only:
+        status = [r.get("status") for r in rows]
+        counts = {"to_process": status.count(STATUS_PENDING), "error": status.count("error"),
+                  "skipped": status.count("skipped"), "already_done": done}
+        return pa.table({k: [v] for k, v in counts.items()}, schema=COUNT_SCHEMA)
     if done:
         registry.add_done.remote(done)
     return to_table(rows)
@@ -233,13 +243,15 @@ class Plan:
     keep_arrays: tuple[str, ...] = ()
     limit: int | None = None
     prepare_block_rows: int = 1000
+    rows_per_block: int = 1
 
 
-def _prepared(plan: Plan, registry, light_cpus: float):
+def _prepared(plan: Plan, registry, light_cpus: float, count_only: bool = False):
     options = getattr(plan.context, "storage", None)
     ds = open_dataset(plan.info, options, limit=plan.limit, num_cpus=light_cpus)
     return ds.map_batches(prepare_task, fn_kwargs={"spec": plan.prep, "previous": plan.previous,
-                                                   "registry": registry, "jsonl": plan.info.kind == "jsonl"},
+                                                   "registry": registry, "jsonl": plan.info.kind == "jsonl",
+                                                   "count_only": count_only},
                           batch_size=plan.prepare_block_rows, batch_format="pyarrow", num_cpus=light_cpus)
 
 
@@ -255,15 +267,15 @@ def distinct_values(info: InputInfo, options, column: str, limit: int | None = N
     return sorted(str(v) for v in values)[:max_values]
 
 
-def one_row_blocks(ds, num_cpus: float):
-    """``ds`` split into one-row blocks by a streaming repartition that fuses with the prepare tasks.
+def small_blocks(ds, rows: int, num_cpus: float):
+    """``ds`` split into blocks of ``rows`` rows by a streaming repartition that fuses with the prepare tasks.
 
     Ray 2.60 gives the repartition's tasks Ray's default of 1 CPU and no argument to change it;
     on a 2-CPU machine with two model stages holding 1.5 CPUs that task could never start. Its
     logical operator's remote args are set to the light tasks' CPUs (Ray is pinned, see
     pyproject.toml), which also lets it fuse into the prepare tasks.
     """
-    ds = ds.repartition(target_num_rows_per_block=1)
+    ds = ds.repartition(target_num_rows_per_block=rows)
     op = ds._logical_plan.dag
     op.ray_remote_args["num_cpus"] = num_cpus  # the (frozen) operator holds a mutable dict
     return ds
@@ -273,13 +285,12 @@ def count_prepared(plan: Plan) -> dict:
     """Dry run: prepare every input row on Ray and count what a run would do; nothing is written."""
     import ray
 
-    registry = ray.remote(InputRegistry).remote()
-    counts = {"to_process": 0, "error": 0, "skipped": 0}
-    for batch in _prepared(plan, registry, LIGHT_CPUS).iter_batches(batch_size=None, batch_format="pyarrow"):
-        for row_json in batch.column("row_json").to_pylist():
-            status = json.loads(row_json).get("status")
-            counts["to_process" if status == STATUS_PENDING else status if status in counts else "error"] += 1
-    counts["already_done"] = ray.get(registry.stats.remote())["already_done"]
+    registry = ray.remote(InputRegistry).options(num_cpus=0).remote()
+    counts = dict.fromkeys(COUNT_SCHEMA.names, 0)
+    ds = _prepared(plan, registry, LIGHT_CPUS, count_only=True)
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for name in counts:
+            counts[name] += int(pa.compute.sum(batch.column(name)).as_py() or 0)
     return counts
 
 
@@ -313,7 +324,7 @@ def execute_plan(plan: Plan, on_record: Callable[[dict], None]) -> dict:
     sink = {"writers": writers, "keep_arrays": tuple(plan.keep_arrays)}
     built = [spec.build(plan.context) for spec in plan.stages]
     cpus, light_cpus = fit_cpus([s.resources for s in built], float(ray.cluster_resources().get("CPU", 1.0)))
-    ds = one_row_blocks(_prepared(plan, registry, light_cpus), light_cpus)
+    ds = small_blocks(_prepared(plan, registry, light_cpus), plan.rows_per_block, light_cpus)
     if not built:
         ds = ds.map_batches(sink_task, fn_kwargs=sink, batch_size=None, batch_format="pyarrow", num_cpus=light_cpus)
     for i, (spec, stage, ncpu) in enumerate(zip(plan.stages, built, cpus)):

@@ -262,3 +262,22 @@ def test_run_context_urls_are_absolute(tmp_path, monkeypatch):
     assert absolute_url("out/") == os.path.join(str(tmp_path), "out")
     assert absolute_url("s3://b/out/") == "s3://b/out"
     assert RunContext(absolute_url("x"), "c").output_url.startswith("/")
+
+
+def test_gpu_preflight_sums_the_stages_live_at_once():
+    from jobs.common import PreflightError, check_gpus
+
+    class Gpu(Stage):
+        def __init__(self, name, gpus, actors=1):
+            super().__init__(type("C", (), {"resources": Resources(num_gpus=gpus, min_actors=actors,
+                                                                     max_actors=actors)})(), None)
+            self.name = name
+
+        def process(self, row):
+            return row
+
+    check_gpus([Gpu("depth", 1), Gpu("decode", 0)], available=1)
+    with pytest.raises(PreflightError, match="need 2 GPU"):
+        check_gpus([Gpu("depth", 1), Gpu("edit:tune_a_video", 1)], available=1)  # both pools are live at once
+    with pytest.raises(PreflightError, match="need 1.5 GPU"):
+        check_gpus([Gpu("atlas", 0.5, actors=3)], available=1)

@@ -106,3 +106,35 @@ def test_ray_job_submit_to_a_local_cluster(sample_dir, tmp_path):
     finally:
         subprocess.run(["pkill", "-9", "-f", temp_dir], capture_output=True, timeout=60)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_a_lost_cluster_is_exit_3_with_a_message_and_a_rerun_resumes(ray_local, sample_dir, tmp_path):
+    import psutil
+
+    from jobs import edit_videos
+
+    manifest_path = str(tmp_path / "m.csv")
+    n = _many_rows(sample_dir, manifest_path, 12)
+    out = str(tmp_path / "out")
+    args = ["--manifest", manifest_path, "--output", out, "--set", "run.flush_rows=1",
+            "--set", "decode.max_frames=24", "--set", "encode.preset=medium"]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.edit_videos", *args, "--set", "run.num_cpus=2"],
+                            cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while _parts_rows(out) < 1 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the job finished before its cluster could be lost"
+    # another process stops every Ray on the machine: here, the job's own local Ray only
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        if any(name in " ".join(child.cmdline()) for name in ("gcs_server", "raylet")):
+            child.kill()
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 3, err[-2000:]
+    assert "the run stopped" in err and "a rerun with the same --output resumes" in err
+    assert json.load(open(os.path.join(out, "summary.json")))["interrupted"]
+    assert edit_videos.main(args) == 0
+    frame = pd.read_parquet(os.path.join(out, "manifest"))
+    assert len(frame) == n and frame.job_id.is_unique and (frame.status == "ok").all()
