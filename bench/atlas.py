@@ -30,7 +30,7 @@ import numpy as np
 
 from pipeline import media
 from pipeline.config import apply_overrides, from_dict
-from pipeline.devices import resolve_device
+from pipeline.devices import cuda_available, resolve_device
 from stages.atlas.config import AtlasConfig
 from stages.atlas.fit import FitData, fit_atlas
 from stages.atlas.flow import dense_flow
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.pe_iterations > 0:  # 0: the hash fit alone (a quality run, no comparison)
         configs["pe"] = from_dict(AtlasConfig, apply_overrides(
             {**base, "encoding": "pe", "iterations": args.pe_iterations}, args.pe_set), "--pe-set")
-    device = resolve_device(args.device, num_gpus=1, stage="bench.atlas")  # the bench owns the machine
+    device = resolve_device(args.device, num_gpus=float(cuda_available()), stage="bench.atlas")  # owns the machine
     start = time.perf_counter()
     flow = dense_flow(frames)
     row = {"mask_uri": os.path.abspath(args.mask)} if args.mask else {}

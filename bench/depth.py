@@ -54,11 +54,11 @@ def build_estimator(kind: str, size: int, device: str, dtype: str):
     import torch
     from transformers import DPTForDepthEstimation
 
-    from pipeline.devices import resolve_device, resolve_dtype
+    from pipeline.devices import cuda_available, resolve_device, resolve_dtype
     from stages.depth.model import DepthEstimator
 
     torch.manual_seed(0)
-    device = resolve_device(device, num_gpus=1, stage="bench.depth")  # the bench owns the machine
+    device = resolve_device(device, num_gpus=float(cuda_available()), stage="bench.depth")  # owns the machine
     torch_dtype = resolve_dtype(dtype, device)
     model = DPTForDepthEstimation(dpt_config(kind, size)).to(device=device, dtype=torch_dtype).eval()
     params = sum(p.numel() for p in model.parameters())

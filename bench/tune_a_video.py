@@ -135,11 +135,11 @@ def measure(unet_kind: str = "sd15", frames: int = 24, size: int = 512, device_n
             checkpointing: bool = True, repeats: int = 3, vae: bool = False, vae_batch: int = 8,
             train_steps: int = 500, steps: int = 50, report=None) -> dict:
     """The figures of one configuration; ``report(partial_dict)`` is called after each phase."""
-    from pipeline.devices import resolve_device, resolve_dtype
+    from pipeline.devices import cuda_available, resolve_device, resolve_dtype
     from stages.edit.diffusion.inflate import inflate_unet, trainable_parameters, video_unet_forward
     from stages.edit.diffusion.precision import keep_float32, optimizer_step, precision_for
 
-    device = resolve_device(device_name, num_gpus=1, stage="bench.tune_a_video")  # the bench owns the machine
+    device = resolve_device(device_name, float(cuda_available()), "bench.tune_a_video")  # the bench owns the machine
     dtype = resolve_dtype(dtype_name, device, prefer_bf16=True)
     precision = precision_for(device, dtype)
     out: dict = {"unet": unet_kind, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
