@@ -45,7 +45,7 @@ def test_edit_job_runs_revideo_on_ray(ray_local, sample_dir, tmp_path):
         {**video, "video_id": "outside", "edit_box": json.dumps([0, 0, 300, 10]), "trajectories": move},
     ]
     manifest = tmp_path / "manifest.csv"
-    pd.DataFrame([{**r, "method": "revideo"} for r in rows]).to_csv(manifest, index=False)
+    pd.DataFrame([{**r, "method": ""} for r in rows]).to_csv(manifest, index=False)  # --method decides
     half = {"num_cpus": 0.5, "min_actors": 1, "max_actors": 1}
     config = {
         "run": {"method": "revideo", "max_failure_fraction": 1.0, "flush_rows": 1},
@@ -58,7 +58,8 @@ def test_edit_job_runs_revideo_on_ray(ray_local, sample_dir, tmp_path):
     config_path = tmp_path / "revideo.yaml"
     config_path.write_text(yaml.safe_dump(config))
     out = str(tmp_path / "out")
-    code = edit_videos.main(["--manifest", str(manifest), "--output", out, "--config", str(config_path)])
+    code = edit_videos.main(["--manifest", str(manifest), "--output", out, "--config", str(config_path),
+                             "--method", "revideo"])
     assert code == 0
     result = pd.read_parquet(os.path.join(out, "manifest")).set_index("video_id")
     for name in ("box", "mask", "track"):
