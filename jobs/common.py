@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import os
 import sys
 import time
 import uuid
@@ -193,13 +194,22 @@ def execute(job: Job, *, dry_run: bool = False, ray_init: Callable[[], None] | N
     check_gpus(built, runner.cluster_gpus())
     stats = RunStats(previous.counts(), sample_size=cfg.report_sample)
     start = time.perf_counter()
+
+    def stopped(reason: str) -> None:
+        _write_summary(job, stats, time.perf_counter() - start, interrupted=reason)
+        log.error("the run stopped: %s. %d rows finished in this run (%d ok, %d error); those handed to the "
+                  "manifest writers are in %s; a rerun with the same --output resumes where it stopped.", reason,
+                  stats.processed, stats.counts["ok"], stats.counts["error"], job.store.url)
+
+    def lost(reason: str) -> None:  # from the watchdog thread: Ray would end the process anyway
+        stopped(reason)
+        logging.shutdown()
+        os._exit(EXIT_CLUSTER_LOST)
+
     try:
-        totals = runner.execute_plan(plan, _progress(stats, cfg.progress_seconds))
+        totals = runner.execute_plan(plan, _progress(stats, cfg.progress_seconds), on_lost=lost)
     except runner.ClusterLostError as exc:
-        _write_summary(job, stats, time.perf_counter() - start, interrupted=str(exc))
-        log.error("the run stopped: %s. %d rows finished in this run (%d ok, %d error) and are in %s; a rerun with "
-                  "the same --output resumes where it stopped.", exc, stats.processed, stats.counts["ok"],
-                  stats.counts["error"], job.store.url)
+        stopped(str(exc))
         return EXIT_CLUSTER_LOST
     wall = time.perf_counter() - start
     log.info("run: %d rows finished, %d written by the writers, %d already done", stats.processed,

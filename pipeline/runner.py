@@ -20,6 +20,7 @@ Rows travel as two columns with a fixed schema (``row_json``, ``arrays``; see
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -308,9 +309,67 @@ def sinking_stage_task(batch: pa.Table, sink: dict | None = None, **kwargs) -> p
     return sink_task(out, **sink) if sink else out
 
 
-def execute_plan(plan: Plan, on_record: Callable[[dict], None]) -> dict:
+class ClusterWatchdog:
+    """Notices a lost cluster while the driver waits on it.
+
+    When the GCS goes away, Ray's core worker ends the driver process on its own after
+    ``RAY_gcs_rpc_server_reconnect_timeout_s`` (raised to 120 s by :func:`init_ray`), with no
+    Python exception. This thread asks the GCS for the cluster's resources every ``interval``
+    seconds; when ``misses`` answers in a row fail or take longer than ``timeout``, it calls
+    ``on_lost(reason)`` (which reports and exits the process) before that happens.
+    """
+
+    def __init__(self, on_lost: Callable[[str], None], *, interval: float = 5.0, timeout: float = 10.0,
+                 misses: int = 2, probe: Callable[[], object] | None = None):
+        import threading
+
+        self.on_lost, self.interval, self.timeout, self.misses = on_lost, interval, timeout, misses
+        self.probe = probe or _probe_cluster
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="vidflow-watchdog")
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+
+    def _ok(self) -> bool:
+        import threading
+
+        result: list = []
+        worker = threading.Thread(target=lambda: result.append(self._safe_probe()), daemon=True)
+        worker.start()
+        worker.join(self.timeout)
+        return bool(result and result[0])
+
+    def _safe_probe(self) -> bool:
+        try:
+            self.probe()
+            return True
+        except Exception:  # noqa: BLE001 - any failure to reach the cluster counts as a miss
+            return False
+
+    def _run(self) -> None:
+        missed = 0
+        while not self._stop.wait(self.interval):
+            missed = 0 if self._ok() else missed + 1
+            if missed >= self.misses and not self._stop.is_set():
+                self.on_lost(f"the Ray cluster stopped answering ({missed} health checks in a row failed)")
+                return
+
+
+def _probe_cluster() -> object:
+    import ray
+
+    return ray.cluster_resources()
+
+
+def execute_plan(plan: Plan, on_record: Callable[[dict], None], on_lost: Callable[[str], None] | None = None) -> dict:
     """Run the plan; ``on_record`` gets each finished row's small record. Returns the writers'
-    and registry's totals. Raises :class:`ClusterLostError` when execution breaks off."""
+    and registry's totals. Raises :class:`ClusterLostError` when execution breaks off;
+    ``on_lost`` is called from a watchdog thread when the cluster stops answering."""
     import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
@@ -346,12 +405,14 @@ def execute_plan(plan: Plan, on_record: Callable[[dict], None]) -> dict:
                                 max_task_retries=plan.guard.max_row_attempts + 1)
         log.info("plan: stage %-20s %s x%d-%d, %.2f CPU, %g GPU, timeout %s", stage.name, res.compute,
                  res.min_actors, res.max_actors, ncpu, res.num_gpus, res.row_timeout_s)
+    watchdog = ClusterWatchdog(on_lost) if on_lost else contextlib.nullcontext()
     try:
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for rec in batch.column("record").to_pylist():
-                on_record(json.loads(rec))
-        closed = ray.get([w.close.remote() for w in writers])
-        stats = ray.get(registry.stats.remote())
+        with watchdog:
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for rec in batch.column("record").to_pylist():
+                    on_record(json.loads(rec))
+            closed = ray.get([w.close.remote() for w in writers])
+            stats = ray.get(registry.stats.remote())
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:  # noqa: BLE001 - any break in execution ends the run with a clear message
@@ -384,6 +445,8 @@ def init_ray(num_cpus: int | None = None) -> None:
     a local one with ``num_cpus``; turn Ray Data's progress bars on."""
     import ray
 
+    # the watchdog (ClusterWatchdog) must notice a lost GCS before Ray's core worker ends the driver
+    os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", "120")
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
             ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)

@@ -281,3 +281,20 @@ def test_gpu_preflight_sums_the_stages_live_at_once():
         check_gpus([Gpu("depth", 1), Gpu("edit:tune_a_video", 1)], available=1)  # both pools are live at once
     with pytest.raises(PreflightError, match="need 1.5 GPU"):
         check_gpus([Gpu("atlas", 0.5, actors=3)], available=1)
+
+
+def test_watchdog_reports_a_cluster_that_stops_answering():
+    from pipeline.runner import ClusterWatchdog
+
+    answers = iter([True, True])
+    lost: list[str] = []
+
+    def probe():
+        if not next(answers, False):
+            raise ConnectionError("GCS gone")
+
+    with ClusterWatchdog(lost.append, interval=0.05, timeout=1.0, misses=2, probe=probe):
+        deadline = time.monotonic() + 5
+        while not lost and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert lost and "2 health checks in a row failed" in lost[0]
