@@ -4,7 +4,8 @@
     python -m bench.gpu_check --smoke          # every part at tiny sizes on the CPU (run by the tests)
 
 Built for one 10-minute call on one GPU: each part runs in its own process with a wall-time
-budget (the budgets sum to under 9 minutes), so a slow or hanging part is stopped and the others
+budget (the budgets sum to 9 minutes; a part also gets ``options["budget_s"]``, 85 % of it, to
+plan its own measurements), so a slow or hanging part is stopped and the others
 still run; a stopped part keeps the figures it reported before the limit, and its GPU memory is
 freed with its process. Results go to a JSON file and one table on stdout. Parts (bench/gpu_parts.py):
 
@@ -17,6 +18,8 @@ freed with its process. Results go to a JSON file and one table on stdout. Parts
   the production schedule, speed-up at equal PSNR.
 * ``edit_job`` — the edit job end to end over the sample with the atlas and edit actors on the
   GPU: rows ok, wall time, GPU utilisation sampled during the run.
+* ``revideo`` — the SVD UNet + ReVideo control module (random weights) in fp16: seconds per
+  denoising step and peak memory at the release's shapes (bench/revideo.py).
 
 An editing method added later registers its own part: a function in bench/gpu_parts.py (or its
 own bench module) and one line in :data:`PARTS`.
@@ -49,10 +52,11 @@ class Part:
 
 
 PARTS: dict[str, Part] = {p.name: p for p in (
-    Part("tune_a_video", "bench.gpu_parts:tune_a_video", 140.0),
-    Part("depth", "bench.gpu_parts:depth", 80.0),
-    Part("atlas", "bench.gpu_parts:atlas", 190.0),
-    Part("edit_job", "bench.gpu_parts:edit_job", 120.0, smoke_budget_s=90.0),
+    Part("tune_a_video", "bench.gpu_parts:tune_a_video", 120.0),
+    Part("depth", "bench.gpu_parts:depth", 65.0),
+    Part("atlas", "bench.gpu_parts:atlas", 160.0),
+    Part("edit_job", "bench.gpu_parts:edit_job", 90.0, smoke_budget_s=90.0),
+    Part("revideo", "bench.revideo:gpu_part", 105.0),
 )}
 
 
@@ -88,7 +92,8 @@ def run_part(part: Part, smoke: bool, options: dict, budget_s: float) -> dict:
     """The parent side: run ``part`` in its own process group, stopped after ``budget_s`` seconds."""
     fd, out_path = tempfile.mkstemp(suffix=".json", prefix=f"gpu-check-{part.name}-")
     os.close(fd)
-    cmd = [sys.executable, "-m", "bench.gpu_check", "--run-part", part.target, "--part-out", out_path]
+    cmd = [sys.executable, "-m", "bench.gpu_check", "--run-part", part.target, "--part-out", out_path,
+           "--part-budget", str(round(0.85 * budget_s, 1))]
     cmd += ["--smoke"] if smoke else []
     cmd += ["--video", options["video"]] if options.get("video") else []
     start = time.perf_counter()
@@ -147,11 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-scale", type=float, default=1.0, help="multiply every part's time budget")
     parser.add_argument("--run-part", help=argparse.SUPPRESS)
     parser.add_argument("--part-out", help=argparse.SUPPRESS)
+    parser.add_argument("--part-budget", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     options = {"video": os.path.abspath(args.video) if args.video else None}
     if args.run_part:
+        options["budget_s"] = args.part_budget if args.part_budget is not None else float("inf")
         return run_part_here(args.run_part, args.smoke, options, args.part_out)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     results = {"machine": device_summary(), "smoke": args.smoke, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ",
