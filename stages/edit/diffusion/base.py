@@ -31,7 +31,6 @@ import torch
 
 from pipeline import devices, storage
 from pipeline.config import ConfigError, to_dict
-from pipeline.devices import resolve_device, resolve_dtype  # noqa: F401 - re-exported (older imports)
 from pipeline.stage import add_output
 from stages.edit.base import EditStage, RowFieldError
 from stages.edit.diffusion.config import LOAD_FIELDS, DiffusionConfig
