@@ -185,3 +185,25 @@ def test_demo_makes_the_sample_and_a_report(ray_local, tmp_path):
     assert len(frame) == 3 and (frame.status == "ok").all() and (frame.method == "reencode").all()
     assert frame.width.max() <= 160  # the demo config's working resolution
     assert os.path.exists(os.path.join(out, "report.html"))
+
+
+def test_jsonl_and_parquet_manifests_stream_like_csv(ray_local, sample_dir, tmp_path):
+    src = pd.read_csv(os.path.join(sample_dir, "manifest.csv"))[["video_uri", "video_id"]].head(2)
+    jsonl = tmp_path / "m.jsonl"
+    with open(jsonl, "w") as handle:
+        for i, row in enumerate(src.to_dict(orient="records")):
+            # params as a JSON object (not a string), as JSONL writers produce
+            handle.write(json.dumps({**row, "method": "reencode", "params": {"decode.stride": 1 + i}}) + "\n")
+    out = str(tmp_path / "out")
+    assert edit_videos.main(["--manifest", str(jsonl), "--output", out, *FAST]) == 0
+    frame = _manifest(out)
+    assert sorted(frame.video_id) == sorted(src.video_id) and (frame.status == "ok").all()
+    assert json.loads(frame.loc[src.video_id[1]].params) == {"decode.stride": 2}
+    parquet = tmp_path / "m.parquet"
+    src.assign(method="reencode").to_parquet(parquet)
+    # the same rows from Parquet have the same job ids: the rerun finds them done
+    rerun = str(tmp_path / "out2")
+    assert edit_videos.main(["--manifest", str(parquet), "--output", rerun, *FAST]) == 0
+    assert edit_videos.main(["--manifest", str(parquet), "--output", rerun, *FAST]) == 0
+    summary = json.load(open(os.path.join(rerun, "summary.json")))
+    assert summary["already_done"] == 2 and summary["processed_this_run"] == 0
