@@ -175,7 +175,7 @@ def prepare_task(batch: pa.Table, spec: PrepSpec, previous: PreviousOutput, regi
                   "skipped": status.count("skipped"), "already_done": done}
         return pa.table({k: [v] for k, v in counts.items()}, schema=COUNT_SCHEMA)
     if done:
-        registry.add_done.remote(done)
+        ray.get(registry.add_done.remote(done))  # counted before the block's rows move on
     return to_table(rows)
 
 
