@@ -11,6 +11,7 @@ Exit code: 0 done; 1 more rows failed than ``run.max_failure_fraction``; 2 confi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -57,18 +58,25 @@ class EditJobConfig:
 
 
 def stage_configs(config: EditJobConfig, methods: set[str], where: str) -> list[StageSpec]:
-    """The analysis stages (stages/registry.py order) enabled in config or needed by a method."""
+    """The analysis stages (stages/registry.py order) enabled in config or needed by a method.
+
+    A stage only some rows need (a method's ``optional_needs``) and the config does not enable
+    runs with ``apply_to: needing``: on the rows that ask for it (``EditStage.row_needs``).
+    """
     unknown = sorted(set(config.stages) - set(STAGE_ORDER))
     if unknown:
         raise ConfigError(f"{where}: stages.{unknown[0]}: unknown stage (known: {', '.join(STAGE_ORDER)})")
     needed = {n for m in methods for n in get_method(m).needs}
+    optional = {n for m in methods for n in get_method(m).optional_needs} - needed
     specs = []
     for name in STAGE_ORDER:
         data = dict(config.stages.get(name) or {})
         enabled = data.pop("enabled", name in config.stages)
-        if not (enabled or name in needed):
+        if not (enabled or name in needed or name in optional):
             continue
         cls = get_stage(name)
+        if not enabled and name in optional and "apply_to" in {f.name for f in dataclasses.fields(cls.config_class)}:
+            data.setdefault("apply_to", "needing")
         specs.append(StageSpec(cls, from_dict(cls.config_class, data, f"{where}: stages.{name}")))
     return specs
 

@@ -81,6 +81,9 @@ class TrajectoryConfig:
     preview_width: int = 256
     preview_max_frames: int = 32
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    # all: every row (the trajectory job; an edit job that enables the stage); needing: only rows whose
+    # method asks for tracks (e.g. revideo rows with motion_source: track)
+    apply_to: Literal["all", "needing"] = "all"
     resources: Resources = field(default_factory=lambda: Resources(num_cpus=1, min_actors=1, max_actors=2))
 
     def __post_init__(self) -> None:
@@ -176,6 +179,13 @@ class TrajectoryStage(Stage):
         if not cfg.keep_frames:
             row.pop("frames", None)
         return row
+
+    def applies_to(self, row: dict) -> bool:
+        if self.config.apply_to == "all":
+            return True
+        from stages.edit import row_needs
+
+        return row_needs(row, "trajectories")
 
     def c_mot_params(self) -> dict:
         """What :func:`stages.motion_conditions.c_mot_from_record` needs to rebuild ``c_mot`` exactly."""

@@ -87,12 +87,9 @@ class AtlasStage(Stage):
     def applies_to(self, row: dict) -> bool:
         if self.config.apply_to == "all":
             return True
-        from stages.edit import UnknownMethodError, get_method
+        from stages.edit import row_needs
 
-        try:
-            return "atlas" in get_method(str(row.get("method"))).needs
-        except UnknownMethodError:
-            return False
+        return row_needs(row, "atlas")
 
     def mask_digest(self, row: dict) -> str:
         uri = row.get("mask_uri")

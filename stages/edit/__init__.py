@@ -26,6 +26,14 @@ def method_names() -> list[str]:
     return sorted(_METHODS)
 
 
+def row_needs(row: dict, stage: str) -> bool:
+    """Whether ``row``'s method needs analysis stage ``stage`` for this row (False for unknown methods)."""
+    try:
+        return stage in get_method(str(row.get("method"))).row_needs(row)
+    except UnknownMethodError:
+        return False
+
+
 def get_method(name: str) -> type[EditStage]:
     """The EditStage class of method ``name``; raises UnknownMethodError."""
     target = _METHODS.get(name)

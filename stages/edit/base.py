@@ -39,7 +39,8 @@ class EditStage(Stage):
     method: ClassVar[str] = ""
     config_class: ClassVar[type]
     required_fields: ClassVar[tuple[str, ...]] = ()
-    needs: ClassVar[tuple[str, ...]] = ()  # analysis stages (stages/registry.py) this method needs
+    needs: ClassVar[tuple[str, ...]] = ()  # analysis stages (stages/registry.py) this method needs for every row
+    optional_needs: ClassVar[tuple[str, ...]] = ()  # analysis stages only some rows need (see row_needs)
     reads = ("frames", "fps")
     writes = ("edited_frames",)
 
@@ -49,6 +50,11 @@ class EditStage(Stage):
 
     def applies_to(self, row: dict) -> bool:
         return row.get("method") == self.method
+
+    @classmethod
+    def row_needs(cls, row: dict) -> tuple[str, ...]:
+        """The analysis stages this row needs (``needs``, plus those of ``optional_needs`` its fields ask for)."""
+        return cls.needs
 
     def check_row(self, row: dict) -> None:
         """Raise RowFieldError when a required field is missing or empty."""

@@ -26,12 +26,13 @@ import torch.nn.functional as F
 
 from pipeline import previews, storage
 from pipeline.stage import add_output
+from stages.edit.base import RowFieldError
 from stages.edit.diffusion.base import DiffusionEditStage
 from stages.edit.revideo import sampling
 from stages.edit.revideo.conditions import content_video, region_map
 from stages.edit.revideo.config import COMPONENTS, REVIDEO_LOAD_FIELDS, ReVideoConfig
 from stages.edit.revideo.denoise import sample_revideo
-from stages.edit.revideo.inputs import RowInputs, check_motion_fields, read_inputs
+from stages.edit.revideo.inputs import RowInputs, check_motion_fields, motion_source, read_inputs
 from stages.motion_conditions import gaussian_kernel, motion_conditions
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,14 @@ class ReVideoStage(DiffusionEditStage):
     config_class = ReVideoConfig
     components = COMPONENTS  # type: ignore[assignment]
     load_fields = REVIDEO_LOAD_FIELDS
+    optional_needs = ("trajectories",)  # only rows with motion_source: track
+
+    @classmethod
+    def row_needs(cls, row: dict) -> tuple[str, ...]:
+        try:
+            return ("trajectories",) if motion_source(row) == "track" else ()
+        except RowFieldError:
+            return ()  # the edit stage reports the bad field
 
     def __init__(self, config: ReVideoConfig, context):
         super().__init__(config, context)
