@@ -75,8 +75,12 @@ def stage_configs(config: EditJobConfig, methods: set[str], where: str) -> list[
         if not (enabled or name in needed or name in optional):
             continue
         cls = get_stage(name)
-        if not enabled and name in optional and "apply_to" in {f.name for f in dataclasses.fields(cls.config_class)}:
-            data.setdefault("apply_to", "needing")
+        if not enabled:  # pulled in by a method: its settings for the stage, and only its rows when optional
+            for method in sorted(methods):
+                for key, value in get_method(method).needs_config.get(name, {}).items():
+                    data.setdefault(key, value)
+            if name in optional and "apply_to" in {f.name for f in dataclasses.fields(cls.config_class)}:
+                data.setdefault("apply_to", "needing")
         specs.append(StageSpec(cls, from_dict(cls.config_class, data, f"{where}: stages.{name}")))
     return specs
 

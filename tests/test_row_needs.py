@@ -21,6 +21,7 @@ def test_stage_pulled_in_by_optional_needs_applies_to_needing_rows_only():
     specs = stage_configs(EditJobConfig(), {"revideo"}, "test")
     traj = [s for s in specs if s.stage_cls is TrajectoryStage]
     assert len(traj) == 1 and traj[0].config.apply_to == "needing"
+    assert traj[0].config.store_grid_tracks and traj[0].config.channel_order == "dy,dx"  # revideo's settings
     stage = TrajectoryStage(traj[0].config, RunContext("o", "c"))
     assert stage.applies_to(TRACK) and not stage.applies_to(GIVEN)
     assert not [s for s in stage_configs(EditJobConfig(), {"reencode"}, "test") if s.stage_cls is TrajectoryStage]

@@ -41,6 +41,7 @@ class EditStage(Stage):
     required_fields: ClassVar[tuple[str, ...]] = ()
     needs: ClassVar[tuple[str, ...]] = ()  # analysis stages (stages/registry.py) this method needs for every row
     optional_needs: ClassVar[tuple[str, ...]] = ()  # analysis stages only some rows need (see row_needs)
+    needs_config: ClassVar[dict[str, dict]] = {}  # settings of a needed stage the job's config does not set
     reads = ("frames", "fps")
     writes = ("edited_frames",)
 

@@ -57,6 +57,7 @@ class ReVideoStage(DiffusionEditStage):
     components = COMPONENTS  # type: ignore[assignment]
     load_fields = REVIDEO_LOAD_FIELDS
     optional_needs = ("trajectories",)  # only rows with motion_source: track
+    needs_config = {"trajectories": {"store_grid_tracks": True, "channel_order": "dy,dx"}}
 
     @classmethod
     def row_needs(cls, row: dict) -> tuple[str, ...]:
