@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline import compaction, report, runner, storage
+from pipeline import compaction, model_staging, report, runner, storage
 from pipeline.config import ConfigError
 from pipeline.input_source import InputInfo
 from pipeline.prepare import PrepSpec
@@ -63,6 +63,7 @@ class RunConfig:
     report_sample: int = 50  # ok rows shown in report.html
     compact_rows: int = 100_000  # rows per compacted manifest part
     progress_seconds: float = 30.0  # a progress line this often
+    model_cache_url: str | None = None  # a `vidflow models download --to` cache copied onto every node before work
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_failure_fraction <= 1.0:
@@ -168,6 +169,13 @@ def _progress(stats: RunStats, every: float) -> Callable[[dict], None]:
 
 def execute(job: Job, *, dry_run: bool = False, ray_init: Callable[[], None] | None = None) -> int:
     """Run a job; returns the process exit code. Raises PreflightError before any work when the set-up is bad."""
+    if job.run.model_cache_url:  # before preflight, which checks the models against this node's cache
+        (ray_init or (lambda: runner.init_ray(job.run.num_cpus)))()
+        try:
+            model_staging.stage_model_cache(job.run.model_cache_url, job.context.storage)
+        except Exception as exc:  # noqa: BLE001 - any staging failure stops the job before work starts
+            raise PreflightError(f"could not stage run.model_cache_url {job.run.model_cache_url!r}: "
+                                 f"{type(exc).__name__}: {exc}") from exc
     built = [spec.build(job.context) for spec in job.specs]
     preflight_stages(list(job.checks) + built)
     previous = scan_previous(job.store)

@@ -153,9 +153,34 @@ def to_dict(config: Any) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config), default=list))
 
 
+# a key is secret when one of its words (split on "_", "-" and ".") is one of these, or it is session_token
+SECRET_WORDS = frozenset({"key", "secret", "token", "password", "passwd", "credentials", "session_token"})
+MASK = "***"
+
+
+def is_secret_key(name: str) -> bool:
+    """Whether a config key names a secret (``key``, ``secret``, ``aws_secret_access_key``, ``session_token``,
+    ``password``, ``credentials``...); ``tokenizer`` or ``num_keyframes`` are not."""
+    lowered = str(name).lower()
+    return lowered in SECRET_WORDS or bool(SECRET_WORDS & set(lowered.replace("-", "_").replace(".", "_").split("_")))
+
+
+def redact(data: Any) -> Any:
+    """A copy of plain config data with every set value under a secret-like key replaced by ``***``.
+
+    Used wherever a config leaves the process in readable form: ``config_hash`` (so the manifest's
+    ``config_hash`` column does not depend on credentials), ``vidflow config --print`` and logs.
+    """
+    if isinstance(data, Mapping):
+        return {k: (MASK if is_secret_key(k) and v not in (None, "", False) else redact(v)) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [redact(v) for v in data]
+    return data
+
+
 def config_hash(config: Any) -> str:
-    """Stable 16-hex-digit hash of a config's values."""
-    text = json.dumps(to_dict(config), sort_keys=True, separators=(",", ":"))
+    """Stable 16-hex-digit hash of a config's values (secrets masked: changing a credential changes nothing)."""
+    text = json.dumps(redact(to_dict(config)), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

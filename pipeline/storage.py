@@ -14,8 +14,9 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -34,12 +35,33 @@ def _default_file_mode() -> int:
 _FILE_MODE = _default_file_mode()
 
 
+# fsspec protocols that share one set of options (the key of ``storage.options`` is either name)
+_PROTOCOL_ALIASES = {"s3a": "s3", "gcs": "gs"}
+
+
+def _merge(base: dict, extra: Mapping[str, Any]) -> dict:
+    """``base`` with ``extra`` merged over it; nested mappings (``client_kwargs``, ...) merge key by key."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
 @dataclass(frozen=True)
 class StorageOptions:
-    """Credentials and endpoint for object stores.
+    """Credentials, endpoint and free-form fsspec ``storage_options`` for object stores.
 
-    Unset fields fall back to the usual environment variables (``AWS_ENDPOINT_URL``,
-    ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``GOOGLE_APPLICATION_CREDENTIALS``).
+    The five fixed fields cover the common S3 case; unset ones fall back to the usual environment
+    variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+    ``GOOGLE_APPLICATION_CREDENTIALS``). ``options`` maps a protocol (``s3``, ``gs``, ``http``, ...)
+    to fsspec storage options merged over them (``profile``, ``token``, ``requester_pays``,
+    ``config_kwargs: {retries: ...}``, ``default_block_size``, ...); ``prefixes`` maps a URL prefix
+    (``s3://requester-pays-bucket/``) to options merged over those for every URL under it, the
+    longest prefix last. Nested mappings merge key by key. Secret values in here never reach
+    ``summary.json``, the manifest or the logs (:func:`pipeline.config.redact`).
     """
 
     endpoint_url: str | None = None
@@ -47,9 +69,16 @@ class StorageOptions:
     key: str | None = None
     secret: str | None = None
     anon: bool = False
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    prefixes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def for_protocol(self, protocol: str) -> dict:
-        if protocol in ("s3", "s3a"):
+    def __post_init__(self) -> None:
+        for prefix in self.prefixes:
+            if "://" not in prefix:
+                raise ValueError(f"storage.prefixes: {prefix!r} must be a URL prefix such as 's3://bucket/'")
+
+    def _fixed(self, protocol: str) -> dict:
+        if protocol == "s3":
             opts: dict = {}
             endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
             client: dict = {}
@@ -66,9 +95,21 @@ class StorageOptions:
             if self.anon:
                 opts["anon"] = True
             return opts
-        if protocol in ("gs", "gcs") and self.anon:
+        if protocol == "gs" and self.anon:
             return {"token": "anon"}
         return {}
+
+    def for_protocol(self, protocol: str, url: str | None = None) -> dict:
+        """fsspec storage options for ``protocol`` (and, given ``url``, every matching prefix)."""
+        canonical = _PROTOCOL_ALIASES.get(protocol, protocol)
+        opts = self._fixed(canonical)
+        for name in (canonical, *[a for a, c in _PROTOCOL_ALIASES.items() if c == canonical]):
+            if name in self.options:
+                opts = _merge(opts, self.options[name])
+        if url is not None:
+            for prefix in sorted((p for p in self.prefixes if url.startswith(p)), key=len):
+                opts = _merge(opts, self.prefixes[prefix])
+        return opts
 
 
 def protocol_of(url: str) -> str:
@@ -80,7 +121,7 @@ def protocol_of(url: str) -> str:
 
 def get_fs(url: str, options: StorageOptions | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """Filesystem and protocol-stripped path for ``url``."""
-    opts = (options or StorageOptions()).for_protocol(protocol_of(url))
+    opts = (options or StorageOptions()).for_protocol(protocol_of(url), url)
     return url_to_fs(url, **opts)
 
 

@@ -101,7 +101,8 @@ def _hub_info(ref: str) -> ModelInfo:
     try:
         config_path = hf_hub_download(repo_id=ref, filename="config.json")
     except Exception as exc:  # noqa: BLE001 - offline miss, unknown repo, bad id, network
-        hint = " (HF_HUB_OFFLINE is set: download it first, or give a local path)" if constants.HF_HUB_OFFLINE else ""
+        hint = (" (HF_HUB_OFFLINE is set: fetch it first with `vidflow models download --config YOUR.yaml`, or give "
+                "a local path)") if constants.HF_HUB_OFFLINE else ""
         raise ConfigError(f"model {ref!r} cannot be resolved on the Hugging Face hub{hint}: "
                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     config = _check_config(ref, config_path)

@@ -154,8 +154,10 @@ def check_sources(config: Any, components: Components) -> None:
             filename = f"{src.subfolder}/{marker}" if src.subfolder else marker
             found = try_to_load_from_cache(src.ref, filename, revision=getattr(config, "revision", None))
             if not isinstance(found, str):
-                raise ConfigError(f"{name}: {src.describe()!r} is not in the local Hugging Face cache "
-                                  "and HF_HUB_OFFLINE=1 forbids downloading it")
+                raise ConfigError(f"{name}: model {src.describe()!r} is not in the local Hugging Face cache "
+                                  "and HF_HUB_OFFLINE=1 forbids downloading it: fetch it beforehand with "
+                                  "`vidflow models download --config YOUR.yaml [--to DIR]` (then HF_HUB_CACHE=DIR/hub, "
+                                  "or run.model_cache_url: DIR)")
 
 
 def _local_path(ref: str) -> str:
