@@ -55,7 +55,8 @@ def test_production_yaml_validates():
     config = load_config(EditJobConfig, path)
     tav = method_configs(config, path)["tune_a_video"]
     assert isinstance(tav, TuneAVideoConfig)
-    assert tav.model == "stable-diffusion-v1-5/stable-diffusion-v1-5" and tav.dtype == "float16"
+    # dtype auto: bf16 on cards that support it, fp16 (with a GradScaler) elsewhere, fp32 on the CPU
+    assert tav.model == "stable-diffusion-v1-5/stable-diffusion-v1-5" and tav.dtype == "auto"
     assert tav.resources.num_gpus == 1 and tav.frames_needed <= config.decode.max_frames
 
 
