@@ -187,6 +187,12 @@ def _fetch(ref: ModelRef, hf_cache: str | None, torch_hub: str | None) -> str:
         "left alone: the stage copies this URL at run time"
 
 
+def _hub_offline() -> bool:
+    from stages.edit.diffusion.loading import hub_offline
+
+    return hub_offline()
+
+
 def describe(ref: ModelRef) -> str:
     rev = f"@{ref.revision}" if ref.revision else ""
     files = f" files {list(ref.allow_patterns)}" if ref.allow_patterns else ""
@@ -208,6 +214,8 @@ def download_command(config_path: str | None, to: str | None, job: str | None, o
     if not refs:
         log.info("the %s config names no model (nothing to download)", job)
         return EXIT_OK
+    if any(r.kind == "hf" for r in refs) and _hub_offline():
+        log.warning("HF_HUB_OFFLINE is set: only models already in the cache can be found; unset it to download")
     failed = 0
     for ref, outcome in download(refs, to):
         failed += outcome.startswith(("error", "not configured"))

@@ -9,6 +9,7 @@ get a single PUT, which is atomic there.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import re
@@ -50,7 +51,7 @@ def _merge(base: dict, extra: Mapping[str, Any]) -> dict:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class StorageOptions:
     """Credentials, endpoint and free-form fsspec ``storage_options`` for object stores.
 
@@ -76,6 +77,12 @@ class StorageOptions:
         for prefix in self.prefixes:
             if "://" not in prefix:
                 raise ValueError(f"storage.prefixes: {prefix!r} must be a URL prefix such as 's3://bucket/'")
+
+    def __repr__(self) -> str:  # secrets never reach a log line through a repr
+        from pipeline.config import redact
+
+        fields = redact({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        return f"StorageOptions({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
 
     def _fixed(self, protocol: str) -> dict:
         if protocol == "s3":

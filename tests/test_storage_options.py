@@ -53,6 +53,13 @@ def test_get_fs_passes_prefix_options_to_fsspec(monkeypatch):
     assert calls == [("s3://pays/a.mp4", {"key": "k", "requester_pays": True}), ("s3://free/a.mp4", {"key": "k"})]
 
 
+def test_repr_masks_secrets():
+    text = repr(StorageOptions(key="AKIA-REPR", secret="s3cr3t-repr", options={"s3": {"token": "tok-repr"}},
+                               region="us-east-1"))
+    assert "AKIA-REPR" not in text and "s3cr3t-repr" not in text and "tok-repr" not in text
+    assert "region='us-east-1'" in text and "key='***'" in text
+
+
 def test_a_prefix_must_be_a_url():
     with pytest.raises(ConfigError, match="URL prefix"):
         from_dict(StorageOptions, {"prefixes": {"bucket/": {"anon": True}}})
