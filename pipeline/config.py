@@ -139,6 +139,14 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "config
     if unknown:
         raise ConfigError(
             f"{where}: unknown key {unknown[0]!r} for {cls.__name__} (known: {', '.join(sorted(fields))})")
+    for name, value in data.items():
+        # a partial mapping for a nested config keeps the defaults its parent gives that field
+        # (TrajectoryJobConfig's run: rows_per_block 32 stays when only run.num_cpus is set)
+        default = fields[name].default_factory
+        if isinstance(value, Mapping) and default is not dataclasses.MISSING and dataclasses.is_dataclass(hints[name]):
+            base = default()
+            if dataclasses.is_dataclass(base):
+                data[name] = _deep_merge(to_dict(base), value)
     kwargs = {name: _convert(value, hints[name], f"{where}.{name}") for name, value in data.items()}
     try:
         return cls(**kwargs)
@@ -146,6 +154,15 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "config
         raise ConfigError(f"{where}: {exc}") from exc
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _deep_merge(base: dict, over: Mapping) -> dict:
+    """``over`` on top of ``base``; nested mappings merge key by key."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), dict) \
+            else value
+    return out
 
 
 def to_dict(config: Any) -> dict:

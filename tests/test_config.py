@@ -68,3 +68,15 @@ def test_cli_overrides_parse_yaml_values(tmp_path):
 def test_config_hash_tracks_values():
     assert config_hash(Outer()) == config_hash(Outer())
     assert config_hash(Outer()) != config_hash(Outer(scale=2.0))
+
+
+def test_a_partial_nested_mapping_keeps_the_parents_defaults_for_that_field():
+    from jobs.edit_videos import EditJobConfig
+    from jobs.preprocess_trajectories import TrajectoryJobConfig
+    from pipeline.config import load_config
+
+    traj = load_config(TrajectoryJobConfig, None, ["run.num_cpus=2"])
+    assert (traj.run.num_cpus, traj.run.rows_per_block, traj.run.method) == (2, 32, "trajectories")
+    edit = load_config(EditJobConfig, None, ["decode.resources.num_gpus=0.5"])
+    assert edit.decode.resources.num_gpus == 0.5 and edit.decode.resources.compute == "tasks"
+    assert edit.decode.resources.row_timeout_s == 600.0
