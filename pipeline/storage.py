@@ -37,7 +37,7 @@ _FILE_MODE = _default_file_mode()
 
 
 # fsspec protocols that share one set of options (the key of ``storage.options`` is either name)
-_PROTOCOL_ALIASES = {"s3a": "s3", "gcs": "gs"}
+_PROTOCOL_ALIASES = {"s3a": "s3", "gcs": "gs", "https": "http"}
 
 
 def _merge(base: dict, extra: Mapping[str, Any]) -> dict:

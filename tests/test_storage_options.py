@@ -42,6 +42,8 @@ def test_protocol_and_prefix_options_merge_over_the_fixed_fields():
     assert public["anon"] is True and public["requester_pays"] is True and public["key"] is None
     assert "requester_pays" not in opts.for_protocol("s3", "s3://paysx/y")
     assert opts.for_protocol("gs", "gs://b/x") == {"project": "p"}  # gs and gcs share options
+    web = StorageOptions(options={"http": {"client_kwargs": {"trust_env": True}}})
+    assert web.for_protocol("https") == web.for_protocol("http") == {"client_kwargs": {"trust_env": True}}
 
 
 def test_get_fs_passes_prefix_options_to_fsspec(monkeypatch):
