@@ -121,10 +121,11 @@ class TrajectoryStage(Stage):
     def preflight(self) -> None:
         cfg = self.config.tracking
         if cfg.backend == "cotracker":
-            from stages.tracking.cotracker import check_config
+            from stages.tracking.cotracker import check_cached, check_config
 
             devices.check_device(cfg.cotracker.device, self.resources.num_gpus, self.name)
             check_config(cfg.cotracker)
+            check_cached(cfg.cotracker)
 
     def setup(self) -> None:
         self.tracker = make_tracker(self.config.tracking, self.resources.num_gpus)

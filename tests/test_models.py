@@ -133,6 +133,23 @@ def test_offline_preflight_names_the_missing_model_and_the_fix_then_passes_after
     check_sources(config, TuneAVideoStage.components)  # now in the cache: preflight passes offline
 
 
+def test_offline_preflight_names_a_missing_cotracker_repo(monkeypatch, tmp_path):
+    import torch
+
+    from stages.tracking import CoTrackerConfig
+    from stages.tracking.cotracker import check_cached
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    config = CoTrackerConfig(repo_or_dir="facebookresearch/co-tracker")
+    with pytest.raises(ConfigError, match="'facebookresearch/co-tracker'.*vidflow models download"):
+        check_cached(config)
+    (tmp_path / "hub" / "facebookresearch_co-tracker_main").mkdir(parents=True)  # what torch.hub.load leaves
+    check_cached(config)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    check_cached(CoTrackerConfig(repo_or_dir="someone/else"))  # online: torch.hub fetches it at setup
+
+
 def _model_cache(root) -> str:
     """A `models download --to` folder: an HF cache with a blob and a snapshot symlink, and a torch hub dir."""
     repo = root / "hub" / "models--org--m"

@@ -44,6 +44,34 @@ def check_config(config: CoTrackerConfig) -> None:
         raise ConfigError(f"tracking.cotracker.checkpoint {config.checkpoint!r} does not exist")
 
 
+def check_cached(config: CoTrackerConfig) -> None:
+    """Preflight of an offline run (``HF_HUB_OFFLINE=1``): a github hub repo must already be in torch.hub's dir."""
+    if config.source == "github" and _offline() and not cached_hub_repo(config.repo_or_dir):
+        import torch
+
+        raise ConfigError(f"tracking.cotracker: torch.hub repo {config.repo_or_dir!r} (model {config.model!r}) is not "
+                          f"in {torch.hub.get_dir()!r} and HF_HUB_OFFLINE=1 forbids downloading it: fetch it "
+                          "beforehand with `vidflow models download --config YOUR.yaml [--to DIR]` (then "
+                          "TORCH_HOME=DIR/torch, or run.model_cache_url: DIR)")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def cached_hub_repo(repo: str) -> str | None:
+    """The folder torch.hub keeps ``owner/name[:ref]`` in (``{hub_dir}/owner_name_ref``), or None when absent."""
+    import torch
+
+    name, _, ref = repo.partition(":")
+    owner, _, project = name.partition("/")
+    for branch in ([ref] if ref else ["main", "master"]):
+        path = os.path.join(torch.hub.get_dir(), f"{owner}_{project}_{branch.replace('/', '_')}")
+        if os.path.isdir(path):
+            return path
+    return None
+
+
 def estimate_bytes(frames: int, height: int, width: int, points: int) -> float:
     """Rough peak memory of one offline CoTracker call, bytes.
 
