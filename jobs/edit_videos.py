@@ -31,9 +31,9 @@ from jobs.common import (
 )
 from pipeline import storage
 from pipeline.config import ConfigError, config_hash, from_dict, load_config, replace
-from pipeline.input_source import describe_input
+from pipeline.input_source import describe_input, distinct_values
 from pipeline.manifest import ManifestError, ManifestStore, output_schema, to_output_record
-from pipeline.runner import StageSpec, distinct_values, init_ray
+from pipeline.runner import StageSpec
 from pipeline.stage import RunContext
 from pipeline.storage import StorageOptions
 from stages.decode import DecodeConfig, DecodeStage
@@ -156,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                                             method_configs=configs), context)
     try:
         # the stages of the default method and of every method the input names (one pass over that column)
-        init_ray(config.run.num_cpus)
-        named = distinct_values(info, options, "method", args.limit) if "method" in info.columns else []
+        named = distinct_values(info, options, "method", args.limit)
         methods = {m for m in {config.run.method, *named} if m and _known(m)}
         specs = build_specs(config, methods, configs, args.config or "config")
         job = Job(info=info, checks=[validate], specs=specs, context=context, store=store, run=config.run,

@@ -110,6 +110,54 @@ def describe_input(url: str, options: StorageOptions | None = None, *, method: s
     return InputInfo(url, kind, columns)
 
 
+def distinct_values(info: InputInfo, options: StorageOptions | None, column: str, limit: int | None = None,
+                    max_values: int = 1000) -> list[str]:
+    """Distinct non-null values of one input column, streamed in the driver one column at a time.
+
+    Only that column is read (Parquet column projection, CSV ``include_columns``), in batches,
+    so memory is bounded by the distinct values (at most ``max_values`` are kept).
+    """
+    if column not in info.columns:
+        return []
+    seen: set[str] = set()
+    taken = 0
+
+    def add(values) -> bool:
+        nonlocal taken
+        for value in values:
+            if limit is not None and taken >= limit:
+                return False
+            taken += 1
+            if value is not None and len(seen) < max_values:
+                seen.add(str(value))
+        return True
+
+    if info.kind == "videos":
+        add(info.videos.column(column).to_pylist())
+        return sorted(seen)
+    fs, path = storage.get_fs(info.url, options)
+    with fs.open(path, "rb") as handle:
+        if info.kind == "parquet":
+            import pyarrow.parquet as pq
+
+            for batch in pq.ParquetFile(handle).iter_batches(columns=[column], batch_size=65536):
+                if not add(batch.column(0).to_pylist()):
+                    break
+        elif info.kind == "csv":
+            import pyarrow.csv as pacsv
+
+            convert = pacsv.ConvertOptions(include_columns=[column], column_types={column: pa.string()},
+                                           strings_can_be_null=True)
+            for batch in pacsv.open_csv(handle, convert_options=convert):
+                if not add(batch.column(0).to_pylist()):
+                    break
+        else:
+            for line in io.TextIOWrapper(handle, encoding="utf-8"):
+                if line.strip() and not add([json.loads(line).get(column)]):
+                    break
+    return sorted(seen)
+
+
 def pyarrow_filesystem(url: str, options: StorageOptions | None):
     """A pyarrow filesystem over the same fsspec filesystem the rest of vidflow uses, and the path."""
     from pyarrow.fs import FSSpecHandler, PyFileSystem

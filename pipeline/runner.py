@@ -256,18 +256,6 @@ def _prepared(plan: Plan, registry, light_cpus: float, count_only: bool = False)
                           batch_size=plan.prepare_block_rows, batch_format="pyarrow", num_cpus=light_cpus)
 
 
-def distinct_values(info: InputInfo, options, column: str, limit: int | None = None, max_values: int = 1000) -> list:
-    """Distinct non-null values of one input column, computed on Ray (at most ``max_values``)."""
-    ds = open_dataset(info, options, limit=limit)
-    if info.kind == "jsonl":
-        ds = ds.map_batches(lambda t: pa.table({column: [r.get(column) for r in rows_from_jsonl(
-            t.column("text").to_pylist())]}, schema=pa.schema([(column, pa.string())])), batch_format="pyarrow")
-    else:
-        ds = ds.select_columns([column])
-    values = [v for v in ds.unique(column) if v is not None]
-    return sorted(str(v) for v in values)[:max_values]
-
-
 def small_blocks(ds, rows: int, num_cpus: float):
     """``ds`` split into blocks of ``rows`` rows by a streaming repartition that fuses with the prepare tasks.
 

@@ -298,3 +298,22 @@ def test_watchdog_reports_a_cluster_that_stops_answering():
         while not lost and time.monotonic() < deadline:
             time.sleep(0.02)
     assert lost and "2 health checks in a row failed" in lost[0]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
+def test_distinct_values_read_one_column_streaming(tmp_path, fmt):
+    from pipeline.input_source import describe_input, distinct_values
+
+    frame = pd.DataFrame({"video_uri": [f"v{i}.mp4" for i in range(7)],
+                          "method": ["reencode", None, "atlas_edit", "reencode", None, None, "revideo"]})
+    path = str(tmp_path / f"m.{fmt}")
+    if fmt == "csv":
+        frame.to_csv(path, index=False)
+    elif fmt == "parquet":
+        frame.to_parquet(path)
+    else:
+        frame.to_json(path, orient="records", lines=True)
+    info = describe_input(path)
+    assert distinct_values(info, None, "method") == ["atlas_edit", "reencode", "revideo"]
+    assert distinct_values(info, None, "method", limit=2) == ["reencode"]
+    assert distinct_values(info, None, "prompt") == []
