@@ -110,8 +110,9 @@ def stage_on_this_node(url: str, options: StorageOptions | None = None, hf_cache
     parts = [(storage.join_url(url, *p.split("/")), dest) for p, dest in ((HF_PART, hf_cache), (TORCH_PART, torch_hub))]
     listings = [_listing(src, options) for src, _ in parts]
     if not any(listings):
-        raise FileNotFoundError(f"model cache {url!r} holds neither {HF_PART}/ nor {TORCH_PART}/ "
-                                "(make it with `vidflow models download --to DIR`)")
+        raise FileNotFoundError(f"model cache {url!r} holds neither {HF_PART}/ nor {TORCH_PART}/ on node "
+                                f"{socket.gethostname()} (make it with `vidflow models download --to DIR`; a local "
+                                "path must exist on every node: use a shared disk or object storage)")
     digest = hashlib.sha256(repr((url, [sorted(x.items()) for x in listings])).encode()).hexdigest()[:16]
     marker = os.path.join(os.path.dirname(os.path.abspath(hf_cache)), MARKER_DIR, digest)  # beside the HF cache
     result = {"node": socket.gethostname(), "hf_cache": hf_cache, "torch_hub": torch_hub, "copied": 0,
