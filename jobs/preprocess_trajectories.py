@@ -43,6 +43,7 @@ from pipeline.manifest import ManifestError
 from pipeline.runner import StageSpec
 from pipeline.stage import RunContext, Stage
 from pipeline.storage import StorageOptions
+from stages.cuts import CutsConfig, CutsStage
 from stages.decode import DecodeConfig, DecodeStage
 from stages.trajectories import TrajectoryConfig, TrajectoryStage
 
@@ -75,6 +76,7 @@ class TrajectoryJobConfig:
     storage: StorageOptions = field(default_factory=StorageOptions)
     window: WindowConfig = field(default_factory=WindowConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)  # limits, threads, resources
+    cuts: CutsConfig | None = None  # set (e.g. `cuts: {policy: skip}`) to check windows for shot cuts
     trajectories: TrajectoryConfig = field(default_factory=TrajectoryConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
 
@@ -118,7 +120,8 @@ class CheckRowStage(Stage):
 
 def build_specs(config: TrajectoryJobConfig) -> list[StageSpec]:
     decode, traj = stage_configs(config)
-    return [StageSpec(DecodeStage, decode), StageSpec(TrajectoryStage, traj)]
+    cuts = [StageSpec(CutsStage, config.cuts)] if config.cuts is not None else []
+    return [StageSpec(DecodeStage, decode), *cuts, StageSpec(TrajectoryStage, traj)]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -11,6 +11,7 @@ from pipeline.stage import Stage, import_stage_class
 
 # pipeline order: earlier stages' outputs (tracks, depth) are available to later ones
 STAGE_ORDER: dict[str, str] = {
+    "cuts": "stages.cuts:CutsStage",  # first: a window with a shot cut never reaches the costly stages
     "trajectories": "stages.trajectories:TrajectoryStage",
     "depth": "stages.depth:DepthStage",
     "atlas": "stages.atlas:AtlasStage",
