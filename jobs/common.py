@@ -153,18 +153,41 @@ class Job:
     limit: int | None = None
 
 
-def _progress(stats: RunStats, every: float) -> Callable[[dict], None]:
-    last = [time.monotonic()]
+def progress_line(stats: RunStats, now: float | None = None) -> str:
+    """One readable progress line (for ``ray job logs`` as much as a terminal)."""
+    elapsed = max(1e-9, (now if now is not None else time.monotonic()) - stats.started)
+    busiest = sorted(stats.stage_totals.items(), key=lambda kv: -kv[1])[:3]
+    stages = ", ".join(f"{name} {secs / max(1, stats.processed):.1f} s/row" for name, secs in busiest)
+    return (f"progress: {stats.processed} rows finished ({stats.counts['ok']} ok, {stats.counts['error']} error, "
+            f"{stats.counts['skipped']} skipped) in {elapsed / 60:.1f} min, {stats.processed / elapsed * 60:.1f} "
+            f"rows/min" + (f"; slowest stages: {stages}" if stages else ""))
 
-    def on_record(rec: dict) -> None:
-        stats.add(rec)
-        now = time.monotonic()
-        if now - last[0] >= every:
-            last[0] = now
-            minutes = max(1e-9, (now - stats.started) / 60)
-            log.info("progress: %d rows finished (%d ok, %d error, %d skipped), %.1f rows/min", stats.processed,
-                     stats.counts["ok"], stats.counts["error"], stats.counts["skipped"], stats.processed / minutes)
-    return on_record
+
+class _ProgressTicker:
+    """Logs :func:`progress_line` every ``every`` seconds while a run executes, rows finishing or not."""
+
+    def __init__(self, stats: RunStats, every: float):
+        import threading
+
+        self.stats, self.every = stats, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="vidflow-progress")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            log.info("%s", progress_line(self.stats))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+
+
+def _progress(stats: RunStats, every: float) -> Callable[[dict], None]:
+    """What the run calls with each finished row's small record (the ticker logs the lines)."""
+    return stats.add
 
 
 def execute(job: Job, *, dry_run: bool = False, ray_init: Callable[[], None] | None = None) -> int:
@@ -215,7 +238,8 @@ def execute(job: Job, *, dry_run: bool = False, ray_init: Callable[[], None] | N
         os._exit(EXIT_CLUSTER_LOST)
 
     try:
-        totals = runner.execute_plan(plan, _progress(stats, cfg.progress_seconds), on_lost=lost)
+        with _ProgressTicker(stats, cfg.progress_seconds):
+            totals = runner.execute_plan(plan, _progress(stats, cfg.progress_seconds), on_lost=lost)
     except runner.ClusterLostError as exc:
         stopped(str(exc))
         return EXIT_CLUSTER_LOST

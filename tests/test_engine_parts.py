@@ -317,3 +317,18 @@ def test_distinct_values_read_one_column_streaming(tmp_path, fmt):
     assert distinct_values(info, None, "method") == ["atlas_edit", "reencode", "revideo"]
     assert distinct_values(info, None, "method", limit=2) == ["reencode"]
     assert distinct_values(info, None, "prompt") == []
+
+
+def test_progress_lines_come_on_a_timer_even_when_no_row_finishes(caplog):
+    import logging
+
+    from jobs.common import _ProgressTicker, progress_line
+
+    stats = RunStats()
+    stats.add(small_record({"job_id": "a", "status": "ok", "stage_seconds": {"atlas": 90.0, "decode": 0.5}}))
+    line = progress_line(stats, now=stats.started + 120)
+    assert line.startswith("progress: 1 rows finished (1 ok, 0 error, 0 skipped) in 2.0 min, 0.5 rows/min")
+    assert "slowest stages: atlas 90.0 s/row, decode 0.5 s/row" in line
+    with caplog.at_level(logging.INFO, logger="jobs.common"), _ProgressTicker(stats, 0.05):
+        time.sleep(0.3)  # no record arrives meanwhile
+    assert sum("progress: 1 rows finished" in r.getMessage() for r in caplog.records) >= 2
