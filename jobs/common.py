@@ -26,6 +26,7 @@ from pipeline.config import ConfigError
 from pipeline.input_source import InputInfo
 from pipeline.prepare import PrepSpec
 from pipeline.resume import scan_previous
+from pipeline.run_log import RunLog
 from pipeline.run_stats import RunStats
 from pipeline.stage import RunContext, Stage
 
@@ -185,9 +186,19 @@ class _ProgressTicker:
         self._stop.set()
 
 
+ROWS_LOGGED = 100  # failed rows named one by one in the log; the rest are counted in the summary
+
+
 def _progress(stats: RunStats, every: float) -> Callable[[dict], None]:
     """What the run calls with each finished row's small record (the ticker logs the lines)."""
-    return stats.add
+
+    def on_record(rec: dict) -> None:
+        stats.add(rec)
+        if rec.get("status") == "error" and stats.counts["error"] <= ROWS_LOGGED:
+            log.info("row %s (%s) failed in %s: %s%s", rec.get("job_id"), rec.get("video_id"), rec.get("error_stage"),
+                     rec.get("error"), " (later failures: summary.json)" if stats.counts["error"] == ROWS_LOGGED
+                     else "")
+    return on_record
 
 
 def execute(job: Job, *, dry_run: bool = False, ray_init: Callable[[], None] | None = None) -> int:
@@ -223,6 +234,12 @@ def execute(job: Job, *, dry_run: bool = False, ray_init: Callable[[], None] | N
             log.info("plan: stage %-24s %s", stage.name, stage.resources)
         return EXIT_OK
     check_gpus(built, runner.cluster_gpus())
+    with RunLog(job.context.output_url, job.context.run_id, job.context.storage) as run_log:
+        return _run(job, plan, built, previous, run_log)
+
+
+def _run(job: Job, plan, built: list[Stage], previous, run_log: RunLog) -> int:
+    cfg = job.run
     stats = RunStats(previous.counts(), sample_size=cfg.report_sample)
     start = time.perf_counter()
 
@@ -231,6 +248,7 @@ def execute(job: Job, *, dry_run: bool = False, ray_init: Callable[[], None] | N
         log.error("the run stopped: %s. %d rows finished in this run (%d ok, %d error); those handed to the "
                   "manifest writers are in %s; a rerun with the same --output resumes where it stopped.", reason,
                   stats.processed, stats.counts["ok"], stats.counts["error"], job.store.url)
+        run_log.flush()
 
     def lost(reason: str) -> None:  # from the watchdog thread: Ray would end the process anyway
         stopped(reason)

@@ -103,6 +103,12 @@ def test_every_bad_row_gets_its_own_error_and_good_rows_succeed(ray_local, bad_i
     assert summary["videos_per_minute"] > 0
     page = open(os.path.join(out, "report.html")).read()
     assert "VideoTooLargeError" in page and page.count("<img") == len(ok)
+    # the run's driver log is kept with the outputs and names failed rows by job id
+    logs = os.listdir(os.path.join(out, "logs"))
+    assert len(logs) == 1 and logs[0].endswith("-driver.log")
+    text = open(os.path.join(out, "logs", logs[0])).read()
+    missing = frame.loc["missing"]
+    assert f"row {missing.job_id} (missing) failed in decode: FileNotFoundError" in text and "summary:" in text
 
 
 def test_rerun_skips_ok_rows_and_retries_the_rest(ray_local, sample_dir, tmp_path):
