@@ -130,8 +130,6 @@ def preflight_stages(stages: list[Stage]) -> None:
 
 def absolute_url(url: str) -> str:
     """``url`` with a local path made absolute (manifest URLs must work from anywhere)."""
-    import os
-
     url = url.rstrip("/")
     return os.path.abspath(url) if storage.protocol_of(url) == "file" and not url.startswith("file://") else url
 

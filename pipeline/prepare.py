@@ -21,7 +21,7 @@ import pyarrow as pa
 from pipeline.dedupe import job_keys
 from pipeline.manifest import as_text, make_job_id
 from pipeline.resume import DONE_CODES, STATUS_NAMES, PreviousOutput
-from pipeline.stage import STATUS_PENDING, STATUS_SKIPPED, Stage, run_stage
+from pipeline.stage import STATUS_PENDING, STATUS_SKIPPED, Stage, mark_error, run_stage
 
 PREVIEW_KEY = "make_previews"  # row key: whether stages write previews for this row
 PREVIOUS_STATUS_KEY = "_previous_status"  # row key: the job's status in the output before this run
@@ -45,15 +45,24 @@ def rows_from_table(table: pa.Table) -> list[dict]:
     return [{str(k): as_text(v) for k, v in rec.items()} for rec in table.to_pylist()]
 
 
+BAD_INPUT_KEY = "_bad_input"  # row key: why an input line could not be read (the row becomes an error)
+
+
 def rows_from_jsonl(lines: Sequence[str]) -> list[dict]:
-    """Rows of JSONL text lines (blank lines skipped); a line that is not a JSON object raises ValueError."""
+    """Rows of JSONL text lines (blank lines skipped). A line that is not a JSON object becomes a row
+    holding the line (``input_line``) and the reason, which :func:`prepare_rows` records as its error."""
     rows = []
     for line in lines:
         if not line or not line.strip():
             continue
-        value = json.loads(line)
-        if not isinstance(value, dict):
-            raise ValueError(f"JSONL line is not an object: {line[:80]!r}")
+        try:
+            value = json.loads(line)
+            if not isinstance(value, dict):
+                raise ValueError(f"a JSONL line must be an object, got {type(value).__name__}")
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            rows.append({"input_line": line.strip()[:500],
+                         BAD_INPUT_KEY: f"ManifestLineError: {exc} (line {line.strip()[:80]!r})"})
+            continue
         rows.append({str(k): as_text(v) for k, v in value.items()})
     return rows
 
@@ -97,6 +106,9 @@ def prepare_rows(raw: list[dict], spec: PrepSpec, previous: PreviousOutput,
         if int(p):
             row["status"] = STATUS_SKIPPED
             row["error"] = f"duplicate of input row with job_id {b}"
+        bad = row.pop(BAD_INPUT_KEY, None)
+        if bad:
+            row = mark_error(row, "input", bad)
         for stage in spec.checks:
             row = run_stage(stage, row)
         out.append(row)

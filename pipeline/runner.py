@@ -143,7 +143,8 @@ _TASK_STAGES: dict[tuple, tuple[Stage, str | None]] = {}  # per worker process: 
 
 def stage_task(batch: pa.Table, stage_cls: type[Stage], config, context, ledger, guard: Guard) -> pa.Table:
     """A light stage as a Ray task; the stage is built and set up once per worker process."""
-    key = (stage_cls.__module__, stage_cls.__qualname__, id(config), context.run_id)
+    # each task gets a fresh copy of config: key by its value, so one worker process builds the stage once
+    key = (stage_cls.__module__, stage_cls.__qualname__, repr(config), context.run_id)
     if key not in _TASK_STAGES:
         stage, error = stage_cls(config, context), None
         for attempt in range(guard.setup_attempts):

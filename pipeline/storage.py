@@ -250,7 +250,11 @@ def unstrip(fs: fsspec.AbstractFileSystem, path: str, protocol: str) -> str:
 def file_fingerprint(url: str, options: StorageOptions | None = None) -> str:
     """Size plus ETag or mtime: cheap identity of a stored file's version."""
     fs, path = get_fs(url, options)
-    info = fs.info(path)
+    return fingerprint_of(fs.info(path))
+
+
+def fingerprint_of(info: dict) -> str:
+    """``size:ETag`` (or mtime) from an fsspec ``info``/listing entry."""
     stamp = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
     return f"{info.get('size', '')}:{str(stamp).strip(chr(34))}"
 

@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import torch
 
 # 4 frames of 32 x 32 pixels -> 8 x 8 latents; 2 Euler steps
@@ -26,6 +27,15 @@ TINY_UNET = dict(
     cross_attention_dim=32, num_attention_heads=(2, 4), num_frames=4, addition_time_embed_dim=8,
     projection_class_embeddings_input_dim=24)
 STEMS = (8, 8, 16)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one torch thread is fastest, and two stall badly on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny_svd_unet():

@@ -332,3 +332,15 @@ def test_progress_lines_come_on_a_timer_even_when_no_row_finishes(caplog):
     with caplog.at_level(logging.INFO, logger="jobs.common"), _ProgressTicker(stats, 0.05):
         time.sleep(0.3)  # no record arrives meanwhile
     assert sum("progress: 1 rows finished" in r.getMessage() for r in caplog.records) >= 2
+
+
+def test_a_bad_jsonl_line_is_an_error_row_not_a_failed_run():
+    from pipeline.prepare import rows_from_jsonl
+
+    raw = rows_from_jsonl(['{"video_uri": "a.mp4"}', "{not json", "", "[1, 2]"])
+    out, _ = prepare_rows(raw, PrepSpec(run_id="r", config_hash="c"), reduce_latest(*[np.zeros(0)] * 4),
+                          InputRegistry().claim)
+    assert [r["status"] for r in out] == ["pending", "error", "error"]
+    assert out[1]["error_stage"] == "input" and out[1]["error"].startswith("ManifestLineError:")
+    assert "'{not json'" in out[1]["error"] and "must be an object, got list" in out[2]["error"]
+    assert out[1]["job_id"] != out[2]["job_id"]

@@ -40,23 +40,31 @@ def _parts_rows(out: str) -> int:
     return total
 
 
-def test_sigkill_of_driver_then_rerun_completes_the_set(ray_local, sample_dir, tmp_path):
-    from jobs import edit_videos
-
+def _start_job(sample_dir: str, tmp_path, rows: int, parts_before: int, stderr=subprocess.DEVNULL):
+    """The edit job over ``rows`` rows in its own process and local Ray, once ``parts_before`` rows are
+    in the manifest; returns (process, job args, output URL)."""
     manifest_path = str(tmp_path / "m.csv")
-    n = _many_rows(sample_dir, manifest_path, 16)
+    _many_rows(sample_dir, manifest_path, rows)
     out = str(tmp_path / "out")
     args = ["--manifest", manifest_path, "--output", out, "--set", "run.flush_rows=1",
             "--set", "decode.max_frames=24", "--set", "encode.preset=medium"]
     env = dict(os.environ, PYTHONPATH=ROOT)
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen([sys.executable, "-m", "jobs.edit_videos", *args, "--set", "run.num_cpus=2"],
-                            cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr,
+                            text=True)
     deadline = time.monotonic() + 240
-    while _parts_rows(out) < 2 and time.monotonic() < deadline and proc.poll() is None:
+    while _parts_rows(out) < parts_before and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.1)
-    assert proc.poll() is None, "the job finished before it could be killed"
+    assert proc.poll() is None, "the job finished before it could be interrupted"
+    return proc, args, out
+
+
+def test_sigkill_of_driver_then_rerun_completes_the_set(ray_local, sample_dir, tmp_path):
+    from jobs import edit_videos
+
+    n = 16
+    proc, args, out = _start_job(sample_dir, tmp_path, n, parts_before=2)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
     proc.wait(30)
     done_before = _parts_rows(out)
@@ -113,20 +121,8 @@ def test_a_lost_cluster_is_exit_3_with_a_message_and_a_rerun_resumes(ray_local, 
 
     from jobs import edit_videos
 
-    manifest_path = str(tmp_path / "m.csv")
-    n = _many_rows(sample_dir, manifest_path, 12)
-    out = str(tmp_path / "out")
-    args = ["--manifest", manifest_path, "--output", out, "--set", "run.flush_rows=1",
-            "--set", "decode.max_frames=24", "--set", "encode.preset=medium"]
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.edit_videos", *args, "--set", "run.num_cpus=2"],
-                            cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while _parts_rows(out) < 1 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    assert proc.poll() is None, "the job finished before its cluster could be lost"
+    n = 12
+    proc, args, out = _start_job(sample_dir, tmp_path, n, parts_before=1, stderr=subprocess.PIPE)
     # another process stops every Ray on the machine: here, the job's own local Ray only
     for child in psutil.Process(proc.pid).children(recursive=True):
         if any(name in " ".join(child.cmdline()) for name in ("gcs_server", "raylet")):

@@ -15,16 +15,7 @@ from stages.edit.revideo.conditions import content_video, linear_tracks, region_
 from stages.edit.revideo.control import controlled_unet_forward, safm_fuse
 from stages.edit.revideo.convert import diffusers_to_sgm, sgm_to_diffusers
 from stages.motion_conditions import gaussian_kernel, motion_conditions
-from tests.revideo_fixtures import tiny_control, tiny_svd_unet
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one torch thread is fastest, and two stall badly on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.revideo_fixtures import one_thread, tiny_control, tiny_svd_unet  # noqa: F401 - one_thread: autouse
 
 
 @pytest.fixture(scope="module")

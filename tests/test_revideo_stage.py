@@ -17,7 +17,7 @@ from pipeline.config import ConfigError
 from pipeline.stage import RunContext, run_stage
 from stages.edit import get_method
 from stages.edit.revideo import ReVideoConfig, ReVideoStage
-from tests.revideo_fixtures import TINY_REVIDEO, save_tiny_revideo, save_tiny_svd
+from tests.revideo_fixtures import TINY_REVIDEO, one_thread, save_tiny_revideo, save_tiny_svd  # noqa: F401 - autouse
 
 BOX = [8, 8, 32, 32]  # source pixels of the 40 x 40 video
 MOVE = [[[12, 12], [24, 20]], [[20, 28], [20, 16]]]  # two points, start -> end
@@ -34,15 +34,6 @@ def _row(**extra) -> dict:
            "fps": 12.0, "edit_box": json.dumps(BOX), "trajectories": json.dumps(MOVE)}
     row.update(extra)
     return row
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one torch thread is fastest, and two stall badly on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
