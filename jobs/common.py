@@ -25,6 +25,7 @@ from pipeline import compaction, model_staging, report, runner, storage
 from pipeline.config import ConfigError
 from pipeline.input_source import InputInfo
 from pipeline.prepare import PrepSpec
+from pipeline.progress import ProgressTicker
 from pipeline.resume import scan_previous
 from pipeline.run_log import RunLog
 from pipeline.run_stats import RunStats
@@ -65,6 +66,7 @@ class RunConfig:
     compact_rows: int = 100_000  # rows per compacted manifest part
     progress_seconds: float = 30.0  # a progress line this often
     model_cache_url: str | None = None  # a `vidflow models download --to` cache copied onto every node before work
+    dashboard: bool = False  # a local Ray started by the job serves its dashboard (--dashboard); its URL is logged
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_failure_fraction <= 1.0:
@@ -92,7 +94,14 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="override a config value, e.g. --set decode.max_frames=32 (repeatable)")
     parser.add_argument("--limit", type=int, help="process at most the first N input rows")
     parser.add_argument("--dry-run", action="store_true", help="preflight and plan only; process nothing")
+    parser.add_argument("--dashboard", action="store_true",
+                        help="serve the Ray dashboard of the local Ray the job starts (= --set run.dashboard=true)")
     parser.add_argument("--verbose", action="store_true")
+
+
+def run_overrides(args: argparse.Namespace) -> list[str]:
+    """The ``--set`` overrides with those of the flags that stand for config values (``--dashboard``)."""
+    return [*args.overrides, *(["run.dashboard=true"] if getattr(args, "dashboard", False) else [])]
 
 
 def new_run_id() -> str:
@@ -152,38 +161,6 @@ class Job:
     limit: int | None = None
 
 
-def progress_line(stats: RunStats, now: float | None = None) -> str:
-    """One readable progress line (for ``ray job logs`` as much as a terminal)."""
-    elapsed = max(1e-9, (now if now is not None else time.monotonic()) - stats.started)
-    busiest = sorted(stats.stage_totals.items(), key=lambda kv: -kv[1])[:3]
-    stages = ", ".join(f"{name} {secs / max(1, stats.processed):.1f} s/row" for name, secs in busiest)
-    return (f"progress: {stats.processed} rows finished ({stats.counts['ok']} ok, {stats.counts['error']} error, "
-            f"{stats.counts['skipped']} skipped) in {elapsed / 60:.1f} min, {stats.processed / elapsed * 60:.1f} "
-            f"rows/min" + (f"; slowest stages: {stages}" if stages else ""))
-
-
-class _ProgressTicker:
-    """Logs :func:`progress_line` every ``every`` seconds while a run executes, rows finishing or not."""
-
-    def __init__(self, stats: RunStats, every: float):
-        import threading
-
-        self.stats, self.every = stats, every
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="vidflow-progress")
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            log.info("%s", progress_line(self.stats))
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-
-
 ROWS_LOGGED = 100  # failed rows named one by one in the log; the rest are counted in the summary
 
 
@@ -202,7 +179,7 @@ def _progress(stats: RunStats, every: float) -> Callable[[dict], None]:
 def execute(job: Job, *, dry_run: bool = False, ray_init: Callable[[], None] | None = None) -> int:
     """Run a job; returns the process exit code. Raises PreflightError before any work when the set-up is bad."""
     if job.run.model_cache_url:  # before preflight, which checks the models against this node's cache
-        (ray_init or (lambda: runner.init_ray(job.run.num_cpus)))()
+        (ray_init or (lambda: runner.init_ray(job.run.num_cpus, dashboard=job.run.dashboard)))()
         try:
             model_staging.stage_model_cache(job.run.model_cache_url, job.context.storage)
         except Exception as exc:  # noqa: BLE001 - any staging failure stops the job before work starts
@@ -222,7 +199,7 @@ def execute(job: Job, *, dry_run: bool = False, ray_init: Callable[[], None] | N
         writers=cfg.writers, flush_rows=cfg.flush_rows, flush_seconds=cfg.flush_seconds,
         keep_arrays=job.keep_arrays, limit=job.limit, prepare_block_rows=cfg.prepare_block_rows,
         rows_per_block=cfg.rows_per_block)
-    (ray_init or (lambda: runner.init_ray(cfg.num_cpus)))()
+    (ray_init or (lambda: runner.init_ray(cfg.num_cpus, dashboard=cfg.dashboard)))()
     if dry_run:
         counts = runner.count_prepared(plan)
         log.info("dry run: %s rows would run, %s already done, %s finished by checks (%s errors, %s duplicates)",
@@ -254,8 +231,9 @@ def _run(job: Job, plan, built: list[Stage], previous, run_log: RunLog) -> int:
         os._exit(EXIT_CLUSTER_LOST)
 
     try:
-        with _ProgressTicker(stats, cfg.progress_seconds):
-            totals = runner.execute_plan(plan, _progress(stats, cfg.progress_seconds), on_lost=lost)
+        workers = {stage.name: stage.resources.max_actors for stage in built}
+        with ProgressTicker(stats, cfg.progress_seconds, workers=workers) as ticker:
+            totals = runner.execute_plan(plan, _progress(stats, cfg.progress_seconds), on_lost=lost, ticker=ticker)
     except runner.ClusterLostError as exc:
         stopped(str(exc))
         return EXIT_CLUSTER_LOST

@@ -27,6 +27,7 @@ from jobs.common import (
     check_output,
     execute,
     new_run_id,
+    run_overrides,
     setup_logging,
 )
 from pipeline import storage
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.demo and not args.config:
         args.config = DEMO_CONFIG
     try:
-        config = load_config(EditJobConfig, args.config, args.overrides)
+        config = load_config(EditJobConfig, args.config, run_overrides(args))
         if args.method:
             config = replace(config, run=replace(config.run, method=args.method))
             get_method(args.method)

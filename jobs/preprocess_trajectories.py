@@ -33,6 +33,7 @@ from jobs.common import (
     check_output,
     execute,
     new_run_id,
+    run_overrides,
     setup_logging,
 )
 from jobs.trajectory_shards import ARRAY_COLUMNS, ShardConfig, ShardStore, shard_schema
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
     try:
-        config = load_config(TrajectoryJobConfig, args.config, args.overrides)
+        config = load_config(TrajectoryJobConfig, args.config, run_overrides(args))
         options = config.storage
         if not args.manifest:
             raise ConfigError("--manifest is required")

@@ -37,6 +37,7 @@ class InputInfo:
     kind: str  # "csv", "parquet", "jsonl" or "videos"
     columns: tuple[str, ...]
     videos: pa.Table | None = None  # for kind "videos": video_uri, source_fingerprint
+    rows: int | None = None  # input rows when known without reading them (Parquet footer, listing)
 
 
 def _kind(url: str) -> str:
@@ -80,16 +81,18 @@ def describe_input(url: str, options: StorageOptions | None = None, *, method: s
             raise ManifestError(f"unsupported manifest {url!r}: use .parquet, .csv or .jsonl, "
                                 "a folder or a glob of videos")
         table = _video_listing(url, options, method)
-        return InputInfo(url, "videos", tuple(table.column_names), table)
+        return InputInfo(url, "videos", tuple(table.column_names), table, rows=table.num_rows)
     kind = _kind(url)
     fs, path = storage.get_fs(url, options)
     if not fs.exists(path):
         raise ManifestError(f"input manifest not found: {url}")
+    rows = None
     with fs.open(path, "rb") as handle:
         if kind == "parquet":
             import pyarrow.parquet as pq
 
-            columns = tuple(pq.ParquetFile(handle).schema_arrow.names)
+            parquet = pq.ParquetFile(handle)
+            columns, rows = tuple(parquet.schema_arrow.names), parquet.metadata.num_rows
         elif kind == "csv":
             first = io.TextIOWrapper(handle, encoding="utf-8", newline="").readline()
             columns = tuple(next(csv.reader([first]), []))
@@ -105,7 +108,7 @@ def describe_input(url: str, options: StorageOptions | None = None, *, method: s
     missing = [c for c in required if c not in columns]
     if missing:
         raise ManifestError(f"input manifest {url} has no {missing[0]!r} column (columns: {', '.join(columns)})")
-    return InputInfo(url, kind, columns)
+    return InputInfo(url, kind, columns, rows=rows)
 
 
 def distinct_values(info: InputInfo, options: StorageOptions | None, column: str, limit: int | None = None,

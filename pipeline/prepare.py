@@ -22,6 +22,7 @@ from pipeline.dedupe import job_keys
 from pipeline.manifest import as_text, make_job_id
 from pipeline.resume import DONE_CODES, STATUS_NAMES, PreviousOutput
 from pipeline.stage import STATUS_PENDING, STATUS_SKIPPED, Stage, mark_error, run_stage
+from pipeline.stage_log import row_context
 
 PREVIEW_KEY = "make_previews"  # row key: whether stages write previews for this row
 PREVIOUS_STATUS_KEY = "_previous_status"  # row key: the job's status in the output before this run
@@ -110,6 +111,7 @@ def prepare_rows(raw: list[dict], spec: PrepSpec, previous: PreviousOutput,
         if bad:
             row = mark_error(row, "input", bad)
         for stage in spec.checks:
-            row = run_stage(stage, row)
+            with row_context(stage.name, job_id):
+                row = run_stage(stage, row)
         out.append(row)
     return out, done

@@ -19,6 +19,7 @@ bounded number of times before it fails rows with the setup error.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
@@ -96,7 +97,8 @@ def guarded_run(stage: Stage, row: dict, ledger: LedgerClient | None, *, max_row
         out = run_stage(stage, row)
     else:
         result: list[dict] = []
-        worker = threading.Thread(target=lambda: result.append(run_stage(stage, row)), daemon=True,
+        context = contextvars.copy_context()  # the row's log context (pipeline.stage_log) goes with it
+        worker = threading.Thread(target=lambda: result.append(context.run(run_stage, stage, row)), daemon=True,
                                   name=f"vidflow-{stage.name}")
         worker.start()
         worker.join(row_timeout_s)

@@ -31,9 +31,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 
+from pipeline import stage_log
 from pipeline.dedupe import InputRegistry, job_key
 from pipeline.input_source import InputInfo, open_dataset
 from pipeline.prepare import PrepSpec, prepare_rows, rows_from_jsonl, rows_from_table
+from pipeline.progress import InputCount, ProgressTicker
 from pipeline.resume import PreviousOutput
 from pipeline.row_guard import RowLedger, guarded_run
 from pipeline.run_stats import small_record
@@ -97,14 +99,19 @@ class _Ledger:
         self.handle.end.remote(stage, job_id)
 
 
-def _process_batch(stage: Stage, batch: pa.Table, ledger, guard: Guard, setup_error: str | None) -> pa.Table:
+def _process_batch(stage: Stage, batch: pa.Table, ledger, guard: Guard, setup_error: str | None,
+                   log_sink=None) -> pa.Table:
     out = []
-    for row in from_table(batch):
-        if setup_error and row.get("status") == STATUS_PENDING and stage.applies_to(row):
-            out.append(mark_error(row, stage.name, setup_error))
-        else:
-            out.append(guarded_run(stage, row, ledger, max_row_attempts=guard.max_row_attempts,
-                                   row_timeout_s=stage.resources.row_timeout_s))
+    try:
+        for row in from_table(batch):
+            with stage_log.row_context(stage.name, row.get("job_id")):
+                if setup_error and row.get("status") == STATUS_PENDING and stage.applies_to(row):
+                    out.append(mark_error(row, stage.name, setup_error))
+                else:
+                    out.append(guarded_run(stage, row, ledger, max_row_attempts=guard.max_row_attempts,
+                                           row_timeout_s=stage.resources.row_timeout_s))
+    finally:
+        stage_log.ship(log_sink)
     return to_table(out)
 
 
@@ -116,8 +123,10 @@ class StageActor:
     every row it receives gets the setup error, so the run finishes and reports it.
     """
 
-    def __init__(self, stage_cls: type[Stage], config, context, ledger, guard: Guard):
+    def __init__(self, stage_cls: type[Stage], config, context, ledger, guard: Guard, log_sink=None):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.log_sink = log_sink
+        stage_log.install(log_sink)
         self.stage = stage_cls(config, context)
         self.ledger = _Ledger(ledger)
         self.guard = guard
@@ -133,18 +142,22 @@ class StageActor:
             if failures < guard.setup_attempts:
                 raise
             self.setup_error = f"setup failed: {format_error(exc)}"
+        finally:
+            stage_log.ship(log_sink)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return _process_batch(self.stage, batch, self.ledger, self.guard, self.setup_error)
+        return _process_batch(self.stage, batch, self.ledger, self.guard, self.setup_error, self.log_sink)
 
 
 _TASK_STAGES: dict[tuple, tuple[Stage, str | None]] = {}  # per worker process: stages built by tasks
 
 
-def stage_task(batch: pa.Table, stage_cls: type[Stage], config, context, ledger, guard: Guard) -> pa.Table:
+def stage_task(batch: pa.Table, stage_cls: type[Stage], config, context, ledger, guard: Guard,
+               log_sink=None) -> pa.Table:
     """A light stage as a Ray task; the stage is built and set up once per worker process."""
     # each task gets a fresh copy of config: key by its value, so one worker process builds the stage once
     key = (stage_cls.__module__, stage_cls.__qualname__, repr(config), context.run_id)
+    stage_log.install(log_sink)
     if key not in _TASK_STAGES:
         stage, error = stage_cls(config, context), None
         for attempt in range(guard.setup_attempts):
@@ -157,19 +170,23 @@ def stage_task(batch: pa.Table, stage_cls: type[Stage], config, context, ledger,
                 log.exception("stage %s setup failed (attempt %d)", stage.name, attempt + 1)
         _TASK_STAGES[key] = (stage, error)
     stage, error = _TASK_STAGES[key]
-    return _process_batch(stage, batch, _Ledger(ledger), guard, error)
+    return _process_batch(stage, batch, _Ledger(ledger), guard, error, log_sink)
 
 
 COUNT_SCHEMA = pa.schema([(name, pa.int64()) for name in ("to_process", "error", "skipped", "already_done")])
 
 
 def prepare_task(batch: pa.Table, spec: PrepSpec, previous: PreviousOutput, registry, jsonl: bool,
-                 count_only: bool = False) -> pa.Table:
+                 count_only: bool = False, log_sink=None) -> pa.Table:
     """Step 2 of the plan for one block of input rows (``count_only``: one row of counts, for dry runs)."""
     import ray
 
+    stage_log.install(log_sink)
     raw = rows_from_jsonl(batch.column("text").to_pylist()) if jsonl else rows_from_table(batch)
-    rows, done = prepare_rows(raw, spec, previous, lambda keys: ray.get(registry.claim.remote(keys)))
+    try:
+        rows, done = prepare_rows(raw, spec, previous, lambda keys: ray.get(registry.claim.remote(keys)))
+    finally:
+        stage_log.ship(log_sink)
     if count_only:
         status = [r.get("status") for r in rows]
         counts = {"to_process": status.count(STATUS_PENDING), "error": status.count("error"),
@@ -248,12 +265,12 @@ class Plan:
     rows_per_block: int = 1
 
 
-def _prepared(plan: Plan, registry, light_cpus: float, count_only: bool = False):
+def _prepared(plan: Plan, registry, light_cpus: float, count_only: bool = False, log_sink=None):
     options = getattr(plan.context, "storage", None)
     ds = open_dataset(plan.info, options, limit=plan.limit, num_cpus=light_cpus)
     return ds.map_batches(prepare_task, fn_kwargs={"spec": plan.prep, "previous": plan.previous,
                                                    "registry": registry, "jsonl": plan.info.kind == "jsonl",
-                                                   "count_only": count_only},
+                                                   "count_only": count_only, "log_sink": log_sink},
                           batch_size=plan.prepare_block_rows, batch_format="pyarrow", num_cpus=light_cpus)
 
 
@@ -355,31 +372,37 @@ def _probe_cluster() -> object:
     return ray.cluster_resources()
 
 
-def execute_plan(plan: Plan, on_record: Callable[[dict], None], on_lost: Callable[[str], None] | None = None) -> dict:
+def execute_plan(plan: Plan, on_record: Callable[[dict], None], on_lost: Callable[[str], None] | None = None,
+                 ticker: ProgressTicker | None = None) -> dict:
     """Run the plan; ``on_record`` gets each finished row's small record. Returns the writers'
     and registry's totals. Raises :class:`ClusterLostError` when execution breaks off;
-    ``on_lost`` is called from a watchdog thread when the cluster stops answering."""
+    ``on_lost`` is called from a watchdog thread when the cluster stops answering; ``ticker``
+    (the progress line) learns the input's row count from the run's registry."""
     import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
     ctx = ray.data.DataContext.get_current()
     ctx.max_consecutive_actor_init_deaths = max(ctx.max_consecutive_actor_init_deaths, plan.guard.setup_attempts + 1)
     registry = ray.remote(InputRegistry).options(num_cpus=0).remote()
+    if ticker is not None:
+        ticker.count_fn = _input_count(plan, registry)
     ledger = ray.remote(RowLedger).options(num_cpus=0).remote()
     writers = [ray.remote(PartWriter).options(num_cpus=0, max_restarts=0).remote(
         plan.store, f"w{i}", flush_rows=plan.flush_rows, flush_seconds=plan.flush_seconds)
         for i in range(max(1, plan.writers))]
     sink = {"writers": writers, "keep_arrays": tuple(plan.keep_arrays)}
+    log_sink = ray.remote(stage_log.LogSink).options(num_cpus=0).remote(
+        plan.context.output_url, plan.context.run_id, plan.context.storage, flush_seconds=plan.flush_seconds)
     built = [spec.build(plan.context) for spec in plan.stages]
     cpus, light_cpus = fit_cpus([s.resources for s in built], float(ray.cluster_resources().get("CPU", 1.0)))
-    ds = small_blocks(_prepared(plan, registry, light_cpus), plan.rows_per_block, light_cpus)
+    ds = small_blocks(_prepared(plan, registry, light_cpus, log_sink=log_sink), plan.rows_per_block, light_cpus)
     if not built:
         ds = ds.map_batches(sink_task, fn_kwargs=sink, batch_size=None, batch_format="pyarrow", num_cpus=light_cpus)
     for i, (spec, stage, ncpu) in enumerate(zip(plan.stages, built, cpus)):
         res = stage.resources
         last = i == len(built) - 1
         common = {"stage_cls": spec.stage_cls, "config": spec.config, "context": plan.context, "ledger": ledger,
-                  "guard": plan.guard}
+                  "guard": plan.guard, "log_sink": log_sink}
         if res.compute == "tasks":
             ds = ds.map_batches(sinking_stage_task, fn_kwargs={**common, "sink": sink if last else None},
                                 batch_size=res.batch_size, batch_format="pyarrow", num_cpus=ncpu,
@@ -402,6 +425,7 @@ def execute_plan(plan: Plan, on_record: Callable[[dict], None], on_lost: Callabl
                     on_record(json.loads(rec))
             closed = ray.get([w.close.remote() for w in writers])
             stats = ray.get(registry.stats.remote())
+            stats["stage_log"] = _close_log(log_sink)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:  # noqa: BLE001 - any break in execution ends the run with a clear message
@@ -409,6 +433,32 @@ def execute_plan(plan: Plan, on_record: Callable[[dict], None], on_lost: Callabl
         _close_quietly(writers)
         raise ClusterLostError(format_error(exc)) from exc
     return {"rows_written": sum(c["rows"] for c in closed), "parts": sum(c["parts"] for c in closed), **stats}
+
+
+def _input_count(plan: Plan, registry) -> Callable[[], InputCount]:
+    total = plan.info.rows
+    if total is not None and plan.limit is not None:
+        total = min(total, plan.limit)
+
+    def count() -> InputCount:
+        import ray
+
+        stats = ray.get(registry.stats.remote(), timeout=5)
+        return InputCount(total=total, prepared=int(stats["claimed"]), already_done=int(stats["already_done"]))
+    return count
+
+
+def _close_log(log_sink) -> dict:
+    """Close the stage log (after the stages' last lines reached it); never fails the run."""
+    import ray
+
+    try:
+        closed = ray.get(log_sink.close.remote(), timeout=60)
+        log.info("stage log: %d lines in %s", closed["lines"], closed["url"])
+        return closed
+    except Exception as exc:  # noqa: BLE001 - the manifest is what matters
+        log.warning("the stage log could not be closed: %s", format_error(exc))
+        return {"lines": 0, "url": None, "parts": 0}
 
 
 def _close_quietly(writers: list) -> None:
@@ -429,9 +479,10 @@ def ray_map(fn: Callable, args: list[tuple], num_cpus: float = LIGHT_CPUS) -> li
     return ray.get([remote.remote(*a) for a in args])
 
 
-def init_ray(num_cpus: int | None = None) -> None:
+def init_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
     """Connect to the cluster named by ``RAY_ADDRESS`` (as under ``ray job submit``) or start
-    a local one with ``num_cpus``; turn Ray Data's progress bars on."""
+    a local one with ``num_cpus`` (serving the Ray dashboard when ``dashboard``); turn Ray Data's
+    progress bars on."""
     import ray
 
     # the watchdog (ClusterWatchdog) must notice a lost GCS before Ray's core worker ends the driver
@@ -446,7 +497,9 @@ def init_ray(num_cpus: int | None = None) -> None:
             os.environ["PYTHONPATH"] = os.pathsep.join([root, *[p for p in paths if p != root]])
             # address="local": always a fresh local instance, never a cluster that `ray start`
             # left on this machine
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+            context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, log_to_driver=True)
+            if dashboard:
+                log.info("Ray dashboard: http://%s", context.dashboard_url)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
     ctx.execution_options.preserve_order = False

@@ -104,11 +104,15 @@ def test_every_bad_row_gets_its_own_error_and_good_rows_succeed(ray_local, bad_i
     page = open(os.path.join(out, "report.html")).read()
     assert "VideoTooLargeError" in page and page.count("<img") == len(ok)
     # the run's driver log is kept with the outputs and names failed rows by job id
-    logs = os.listdir(os.path.join(out, "logs"))
-    assert len(logs) == 1 and logs[0].endswith("-driver.log")
+    logs = sorted(os.listdir(os.path.join(out, "logs")))
+    assert len(logs) == 2 and logs[0].endswith("-driver.log") and logs[1].endswith("-stages.log"), logs
     text = open(os.path.join(out, "logs", logs[0])).read()
     missing = frame.loc["missing"]
     assert f"row {missing.job_id} (missing) failed in decode: FileNotFoundError" in text and "summary:" in text
+    # ... and the stage workers' log, every record stamped with its stage and row
+    stages_text = open(os.path.join(out, "logs", logs[1])).read()
+    assert f"[decode {missing.job_id}]" in stages_text and "FileNotFoundError" in stages_text
+    assert f"[validate {frame.loc['bad_params'].job_id}]" in stages_text
 
 
 def test_rerun_skips_ok_rows_and_retries_the_rest(ray_local, sample_dir, tmp_path):

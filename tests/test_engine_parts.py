@@ -322,16 +322,73 @@ def test_distinct_values_read_one_column_streaming(tmp_path, fmt):
 def test_progress_lines_come_on_a_timer_even_when_no_row_finishes(caplog):
     import logging
 
-    from jobs.common import _ProgressTicker, progress_line
+    from pipeline.progress import InputCount, ProgressTicker, progress_line
 
     stats = RunStats()
     stats.add(small_record({"job_id": "a", "status": "ok", "stage_seconds": {"atlas": 90.0, "decode": 0.5}}))
     line = progress_line(stats, now=stats.started + 120)
     assert line.startswith("progress: 1 rows finished (1 ok, 0 error, 0 skipped) in 2.0 min, 0.5 rows/min")
-    assert "slowest stages: atlas 90.0 s/row, decode 0.5 s/row" in line
-    with caplog.at_level(logging.INFO, logger="jobs.common"), _ProgressTicker(stats, 0.05):
+    # busy fraction: row seconds over elapsed x workers (atlas has 1 worker, decode 2)
+    assert line.endswith("busy: atlas 75%, decode 0%")
+    assert progress_line(stats, now=stats.started + 120, workers={"atlas": 3}).endswith("busy: atlas 25%, decode 0%")
+    # a known total (less rows an earlier run finished) gives the share and an ETA at the current rate
+    known = progress_line(stats, now=stats.started + 120, count=InputCount(total=12, already_done=1))
+    assert known.startswith("progress: 1 of 11 rows (9.1%; 1 ok, 0 error, 0 skipped) in 2.0 min, 0.5 rows/min, "
+                            "ETA 20 min;")
+    # unknown total: the rows prepared so far are a lower bound, and no ETA
+    partial = progress_line(stats, now=stats.started + 120, count=InputCount(prepared=40))
+    assert "1 of >=40 rows" in partial and "ETA" not in partial
+    counts = iter([InputCount(prepared=5), InputCount(prepared=7)])
+    with caplog.at_level(logging.INFO, logger="pipeline.progress"), \
+            ProgressTicker(stats, 0.05, count=lambda: next(counts, InputCount(prepared=9))):
         time.sleep(0.3)  # no record arrives meanwhile
-    assert sum("progress: 1 rows finished" in r.getMessage() for r in caplog.records) >= 2
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress: 1 of >=")]
+    assert len(lines) >= 2 and "1 of >=5 rows" in lines[0] and "1 of >=7 rows" in lines[1]
+
+
+def test_the_stage_log_stamps_records_with_stage_and_row_and_caps_a_flood(tmp_path):
+    import logging
+
+    from pipeline.stage_log import LogSink, RowLogHandler, row_context
+
+    sink = LogSink(str(tmp_path / "out"), "run-1", flush_seconds=3600)
+
+    class Direct:  # the actor handle's .add.remote, called in process
+        class add:  # noqa: N801
+            remote = staticmethod(sink.add)
+
+    handler = RowLogHandler(Direct(), max_lines_per_row=3)
+    logger = logging.getLogger("vidflow.test.stage_log")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("before any row")
+        with row_context("atlas", "job-7"):
+            for i in range(10):
+                logger.info("iteration %d", i)
+        logger.debug("below the level")
+        assert handler.ship() == 5 and handler.ship() == 0
+    finally:
+        logger.removeHandler(handler)
+    closed = sink.close()
+    text = open(tmp_path / "out" / "logs" / "run-1-stages.log").read()
+    assert closed == {"lines": 5, "url": str(tmp_path / "out" / "logs" / "run-1-stages.log"), "parts": 1}
+    assert "[- -] vidflow.test.stage_log: before any row" in text
+    assert [ln.split("] ", 1)[1] for ln in text.splitlines() if "[atlas job-7]" in ln] == [
+        "vidflow.test.stage_log: iteration 0", "vidflow.test.stage_log: iteration 1",
+        "vidflow.test.stage_log: iteration 2", "vidflow: more than 3 log lines for this row; the rest are dropped"]
+    assert "below the level" not in text
+
+
+def test_the_stage_log_starts_a_new_part_past_its_size_bound(tmp_path):
+    from pipeline.stage_log import LogSink
+
+    sink = LogSink(str(tmp_path), "r", flush_seconds=3600, part_bytes=100)
+    sink.add(["x" * 80, "y" * 30])  # 112 bytes: part 0 is copied and closed
+    sink.add(["z"])
+    assert sink.close()["parts"] == 2
+    assert open(tmp_path / "logs" / "r-stages.log").read() == "x" * 80 + "\n" + "y" * 30 + "\n"
+    assert open(tmp_path / "logs" / "r-stages-001.log").read() == "z\n"
 
 
 def test_a_bad_jsonl_line_is_an_error_row_not_a_failed_run():
@@ -344,3 +401,27 @@ def test_a_bad_jsonl_line_is_an_error_row_not_a_failed_run():
     assert out[1]["error_stage"] == "input" and out[1]["error"].startswith("ManifestLineError:")
     assert "'{not json'" in out[1]["error"] and "must be an object, got list" in out[2]["error"]
     assert out[1]["job_id"] != out[2]["job_id"]
+
+
+def test_dashboard_flag_starts_the_local_ray_with_its_dashboard(monkeypatch):
+    import argparse
+    import types
+
+    import ray
+
+    from jobs.common import add_common_args, run_overrides
+    from pipeline import runner
+
+    parser = argparse.ArgumentParser()
+    add_common_args(parser)
+    args = parser.parse_args(["--output", "o", "--set", "a=1", "--dashboard"])
+    assert run_overrides(args) == ["a=1", "run.dashboard=true"]
+    assert run_overrides(parser.parse_args(["--output", "o"])) == []
+    seen = {}
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw) or types.SimpleNamespace(dashboard_url="h:8265"))
+    runner.init_ray(2, dashboard=True)
+    assert seen["include_dashboard"] is True and seen["num_cpus"] == 2
+    runner.init_ray(2)
+    assert seen["include_dashboard"] is False
