@@ -3,6 +3,7 @@
     vidflow edit ...            = python -m jobs.edit_videos ...
     vidflow trajectories ...    = python -m jobs.preprocess_trajectories ...
     vidflow sample ...          = python -m jobs.make_sample ...
+    vidflow export ...          = python -m jobs.export ...
     vidflow models download --config FILE [--to DIR]
     vidflow config --print [--config FILE] [--job edit|trajectories] [--set key=value ...]
     vidflow env
@@ -43,11 +44,18 @@ def _sample(argv: list[str]) -> int:
     return make_sample.main(argv)
 
 
+def _export(argv: list[str]) -> int:
+    from jobs import export
+
+    return export.main(argv)
+
+
 # subcommand -> (the job it runs, one line of help)
 PASSTHROUGH: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "edit": (_edit, "edit videos (= python -m jobs.edit_videos; --help for its options)"),
     "trajectories": (_trajectories, "ReVideo trajectory shards (= python -m jobs.preprocess_trajectories)"),
     "sample": (_sample, "make the synthetic sample (= python -m jobs.make_sample)"),
+    "export": (_export, "a finished run as WebDataset shards or Parquet files (= python -m jobs.export)"),
 }
 
 

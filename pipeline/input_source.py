@@ -4,7 +4,9 @@
 Parquet footer, the first JSONL lines) to learn its columns and fail early on a missing file,
 an unsupported format or a missing required column. :func:`open_dataset` then reads it with
 Ray Data: CSV with every column as a string (so a column never changes type between blocks),
-Parquet as stored, JSONL as text lines parsed in the preparation tasks. A glob or folder of
+Parquet as stored, JSONL as text lines parsed in the preparation tasks, WebDataset tar shards
+(``.tar``, a glob or a brace range of them) indexed by one task per shard into JSONL rows
+(:mod:`pipeline.webdataset_input`). A glob or folder of
 videos is listed in the driver (one listing with sizes and ETags: about 150 bytes a file) and
 handed to Ray Data as one Arrow table.
 """
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from pipeline import storage
+from pipeline import storage, webdataset_input
 from pipeline.manifest import MANIFEST_EXTENSIONS, VIDEO_EXTENSIONS, ManifestError
 from pipeline.storage import StorageOptions
 
@@ -34,10 +36,11 @@ class InputInfo:
     """What the driver knows of an input before reading it."""
 
     url: str
-    kind: str  # "csv", "parquet", "jsonl" or "videos"
+    kind: str  # "csv", "parquet", "jsonl", "videos" or "webdataset"
     columns: tuple[str, ...]
     videos: pa.Table | None = None  # for kind "videos": video_uri, source_fingerprint
     rows: int | None = None  # input rows when known without reading them (Parquet footer, listing)
+    shards: tuple[str, ...] = ()  # for kind "webdataset": the tar shards' URLs
 
 
 def _kind(url: str) -> str:
@@ -75,6 +78,8 @@ def _video_listing(url: str, options: StorageOptions | None, method: str | None)
 def describe_input(url: str, options: StorageOptions | None = None, *, method: str | None = None,
                    required: tuple[str, ...] = ("video_uri",)) -> InputInfo:
     """Columns and kind of an input (see the module docstring); raises ManifestError when unusable."""
+    if webdataset_input.is_webdataset_url(url):
+        return _describe_shards(url, options)
     if not url.lower().endswith(MANIFEST_EXTENSIONS):
         fs, path = storage.get_fs(url, options)
         if not (storage.is_glob(url) or fs.isdir(path) or url.lower().endswith(VIDEO_EXTENSIONS)):
@@ -111,6 +116,18 @@ def describe_input(url: str, options: StorageOptions | None = None, *, method: s
     return InputInfo(url, kind, columns, rows=rows)
 
 
+def _describe_shards(url: str, options: StorageOptions | None) -> InputInfo:
+    shards = webdataset_input.shard_urls(url, options)
+    if not shards:
+        raise ManifestError(f"no WebDataset shards match {url}")
+    if len(shards) == 1:
+        fs, path = storage.get_fs(shards[0], options)
+        if not fs.exists(path):
+            raise ManifestError(f"WebDataset shard not found: {shards[0]}")
+    log.info("%s names %d WebDataset shards", url, len(shards))
+    return InputInfo(url, "webdataset", webdataset_input.COLUMNS, shards=tuple(shards))
+
+
 def distinct_values(info: InputInfo, options: StorageOptions | None, column: str, limit: int | None = None,
                     max_values: int = 1000) -> list[str]:
     """Distinct non-null values of one input column, streamed in the driver one column at a time.
@@ -136,6 +153,8 @@ def distinct_values(info: InputInfo, options: StorageOptions | None, column: str
     if info.kind == "videos":
         add(info.videos.column(column).to_pylist())
         return sorted(seen)
+    if info.kind == "webdataset":  # samples carry no per-row method; reading every shard here would not scale
+        return []
     fs, path = storage.get_fs(info.url, options)
     with fs.open(path, "rb") as handle:
         if info.kind == "parquet":
@@ -174,6 +193,11 @@ def open_dataset(info: InputInfo, options: StorageOptions | None = None, *, limi
 
     if info.kind == "videos":
         ds = ray.data.from_arrow(info.videos)
+    elif info.kind == "webdataset":  # one indexing task per shard, rows as JSONL text (see webdataset_input)
+        ds = ray.data.from_items([{"shard": url} for url in info.shards],
+                                 override_num_blocks=max(1, min(len(info.shards), 10_000)))
+        ds = ds.map_batches(webdataset_input.index_shards_task, fn_kwargs={"options": options}, batch_size=1,
+                            batch_format="pyarrow", num_cpus=num_cpus)
     else:
         fs, path = pyarrow_filesystem(info.url, options)
         if info.kind == "csv":

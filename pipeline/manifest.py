@@ -148,9 +148,14 @@ def read_input(url: str, *, method: str | None = None, options: StorageOptions |
     return rows
 
 
+SAMPLE_LOCATION_FIELDS = ("video_uri", "source_shard")
+
+
 def make_job_id(row: dict) -> str:
     """Deterministic id of an input row: hash of its input fields and passthrough columns."""
     keys = sorted(k for k in row if k not in OUTPUT_NAMES or k in INPUT_FIELDS or k == "source_fingerprint")
+    if row.get("sample_key"):  # a WebDataset sample is known by its key, wherever its shard and offset are
+        keys = [k for k in keys if k not in SAMPLE_LOCATION_FIELDS]
     text = json.dumps({k: as_text(row.get(k)) for k in keys}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -268,8 +268,9 @@ class Plan:
 def _prepared(plan: Plan, registry, light_cpus: float, count_only: bool = False, log_sink=None):
     options = getattr(plan.context, "storage", None)
     ds = open_dataset(plan.info, options, limit=plan.limit, num_cpus=light_cpus)
+    jsonl = plan.info.kind in ("jsonl", "webdataset")  # WebDataset shards are indexed into JSONL rows
     return ds.map_batches(prepare_task, fn_kwargs={"spec": plan.prep, "previous": plan.previous,
-                                                   "registry": registry, "jsonl": plan.info.kind == "jsonl",
+                                                   "registry": registry, "jsonl": jsonl,
                                                    "count_only": count_only, "log_sink": log_sink},
                           batch_size=plan.prepare_block_rows, batch_format="pyarrow", num_cpus=light_cpus)
 

@@ -9,11 +9,10 @@ Reads ``video_uri``; writes ``frames`` (uint8 [T, H, W, 3]), ``fps`` (of the ret
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline import media, storage
+from pipeline import media, storage, webdataset_input
 from pipeline.config import ConfigError, Resources, from_dict, to_dict
 from pipeline.stage import Stage
 
@@ -77,18 +76,23 @@ class DecodeStage(Stage):
     def process(self, row: dict) -> dict:
         config = overridden(self.config, row.get("params"))
         uri = row["video_uri"]
+        if webdataset_input.is_member_url(uri):
+            return self._decode(row, config, uri, webdataset_input.member_local_copy(uri, self.context.storage),
+                                webdataset_input.parse_member_url(uri)[3])
         try:
             fs, path = storage.get_fs(uri, self.context.storage)
         except (ValueError, ImportError) as exc:
             raise ValueError(f"cannot open video_uri {uri!r}: {exc}") from exc
         if not fs.exists(path):
             raise FileNotFoundError(f"video not found: {uri}")
-        size = fs.size(path)
+        return self._decode(row, config, uri, storage.local_copy(uri, self.context.storage), fs.size(path))
+
+    def _decode(self, row: dict, config: DecodeConfig, uri: str, copy, size: int | None) -> dict:
         if config.max_bytes and size and size > config.max_bytes:
             raise media.VideoTooLargeError(f"{size} bytes exceeds max_bytes={config.max_bytes}")
-        with storage.local_copy(uri, self.context.storage) as (local, digest):
+        with copy as (local, digest):
             frames, fps, info = media.decode(local, config.options())
-        log.debug("decoded %s: %s frames at %.2f fps from %s", uri, frames.shape, fps, os.path.basename(path))
+        log.debug("decoded %s: %s frames at %.2f fps", uri, frames.shape, fps)
         row.update(frames=frames, fps=fps or 24.0, content_hash=digest, num_frames=int(frames.shape[0]),
                    height=int(frames.shape[1]), width=int(frames.shape[2]), source_fps=info.fps)
         return row

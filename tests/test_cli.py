@@ -22,7 +22,7 @@ def test_console_script_is_installed_and_runs():
     assert exe, "pip install -e . did not create the vidflow script"
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
-    for name in ("edit", "trajectories", "sample", "models", "config", "env"):
+    for name in ("edit", "trajectories", "sample", "export", "models", "config", "env"):
         assert name in out.stdout
 
 
@@ -34,6 +34,7 @@ def test_console_script_is_installed_and_runs():
     (["edit", "--help"], "--manifest"),  # the job's own parser: arguments pass through
     (["trajectories", "--help"], "--manifest"),
     (["sample", "--help"], "--count"),
+    (["export", "--help"], "--max-shard-bytes"),
 ])
 def test_every_subcommand_has_help(capsys, argv, expect):
     with pytest.raises(SystemExit) as stop:
