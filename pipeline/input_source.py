@@ -168,7 +168,8 @@ def distinct_values(info: InputInfo, options: StorageOptions | None, column: str
 
             convert = pacsv.ConvertOptions(include_columns=[column], column_types={column: pa.string()},
                                            strings_can_be_null=True)
-            for batch in pacsv.open_csv(handle, convert_options=convert):
+            skip = pacsv.ParseOptions(invalid_row_handler=lambda _row: "skip")  # they become error rows later
+            for batch in pacsv.open_csv(handle, convert_options=convert, parse_options=skip):
                 if not add(batch.column(0).to_pylist()):
                     break
         else:
@@ -176,6 +177,51 @@ def distinct_values(info: InputInfo, options: StorageOptions | None, column: str
                 if line.strip() and not add([json.loads(line).get(column)]):
                     break
     return sorted(seen)
+
+
+CSV_BLOCK_BYTES = 1 << 22  # bytes of CSV text parsed per block
+
+
+def csv_blocks_task(batch: pa.Table, columns: tuple[str, ...], options: StorageOptions | None = None):
+    """Ray Data batch function (a generator): the CSV file named in ``batch`` as blocks of rows,
+    every column a string (empty cells None).
+
+    A record with the wrong number of fields does not fail the read: it becomes a row holding the
+    record's text (``input_line``) and the reason (``BAD_INPUT_KEY``), which preparation records
+    as a ``ManifestLineError`` row. Every block has the header's columns plus those two.
+    """
+    import pyarrow.csv as pacsv
+
+    from pipeline.prepare import BAD_INPUT_KEY
+
+    names = list(columns) + [BAD_INPUT_KEY, "input_line"]
+    schema = pa.schema([pa.field(n, pa.string()) for n in names])
+    bad: list[dict] = []
+
+    def invalid(row) -> str:
+        bad.append({BAD_INPUT_KEY: f"ManifestLineError: CSV record has {row.actual_columns} fields, the header "
+                                   f"{row.expected_columns} (record {row.text[:80]!r})",
+                    "input_line": row.text[:500]})
+        return "skip"
+
+    convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in columns}, strings_can_be_null=True)
+    for url in batch.column("url").to_pylist():
+        fs, path = storage.get_fs(url, options)
+        with fs.open(path, "rb") as handle:
+            reader = pacsv.open_csv(handle, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+                                    parse_options=pacsv.ParseOptions(invalid_row_handler=invalid),
+                                    convert_options=convert)
+            for chunk in reader:
+                table = pa.Table.from_batches([chunk])
+                for name in (BAD_INPUT_KEY, "input_line"):
+                    table = table.append_column(name, pa.nulls(table.num_rows, pa.string()))
+                if bad:
+                    table = pa.concat_tables([table, pa.Table.from_pylist(bad, schema=schema)])
+                    bad.clear()
+                yield table.select(names).cast(schema)
+            if bad:
+                yield pa.Table.from_pylist(bad, schema=schema)
+                bad.clear()
 
 
 def pyarrow_filesystem(url: str, options: StorageOptions | None):
@@ -200,12 +246,10 @@ def open_dataset(info: InputInfo, options: StorageOptions | None = None, *, limi
                             batch_format="pyarrow", num_cpus=num_cpus)
     else:
         fs, path = pyarrow_filesystem(info.url, options)
-        if info.kind == "csv":
-            import pyarrow.csv as pacsv
-
-            convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in info.columns},
-                                           strings_can_be_null=True)
-            ds = ray.data.read_csv(path, filesystem=fs, convert_options=convert, partitioning=None, num_cpus=num_cpus)
+        if info.kind == "csv":  # read by our task so a malformed record becomes an error row, not a failed read
+            ds = ray.data.from_items([{"url": info.url}]).map_batches(
+                csv_blocks_task, fn_kwargs={"columns": info.columns, "options": options}, batch_size=1,
+                batch_format="pyarrow", num_cpus=num_cpus)
         elif info.kind == "parquet":
             ds = ray.data.read_parquet(path, filesystem=fs, partitioning=None, num_cpus=num_cpus)
         else:

@@ -41,12 +41,20 @@ class PrepSpec:
     preview_every: int = 50  # after those, one row in this many (0: no more)
 
 
-def rows_from_table(table: pa.Table) -> list[dict]:
-    """Rows of an input block with every value as text or None (``params`` objects as JSON)."""
-    return [{str(k): as_text(v) for k, v in rec.items()} for rec in table.to_pylist()]
-
-
 BAD_INPUT_KEY = "_bad_input"  # row key: why an input line could not be read (the row becomes an error)
+
+
+def rows_from_table(table: pa.Table) -> list[dict]:
+    """Rows of an input block with every value as text or None (``params`` objects as JSON). The
+    CSV reader's columns for malformed records (``BAD_INPUT_KEY``, ``input_line``) stay only on
+    the rows they describe."""
+    rows = [{str(k): as_text(v) for k, v in rec.items()} for rec in table.to_pylist()]
+    if BAD_INPUT_KEY in table.column_names:
+        for row in rows:
+            if row.get(BAD_INPUT_KEY) is None:
+                row.pop(BAD_INPUT_KEY, None)
+                row.pop("input_line", None)
+    return rows
 
 
 def rows_from_jsonl(lines: Sequence[str]) -> list[dict]:

@@ -217,3 +217,34 @@ def test_jsonl_and_parquet_manifests_stream_like_csv(ray_local, sample_dir, tmp_
     assert edit_videos.main(["--manifest", str(parquet), "--output", rerun, *FAST]) == 0
     summary = json.load(open(os.path.join(rerun, "summary.json")))
     assert summary["already_done"] == 2 and summary["processed_this_run"] == 0
+
+
+def test_a_malformed_csv_record_is_an_error_row_and_the_run_goes_on(ray_local, sample_dir, tmp_path):
+    src = pd.read_csv(os.path.join(sample_dir, "manifest.csv"))[["video_uri", "video_id"]].head(2)
+    path = tmp_path / "m.csv"
+    rows = [f"{r.video_uri},{r.video_id},reencode" for r in src.itertuples()]
+    path.write_text("video_uri,video_id,method\n" + "\n".join([rows[0], "x.mp4,too,many,fields,here", rows[1]]) + "\n")
+    out = str(tmp_path / "out")
+    assert edit_videos.main(["--manifest", str(path), "--output", out, *FAST,
+                             "--set", "run.max_failure_fraction=1.0"]) == 0
+    frame = pd.concat([pd.read_parquet(os.path.join(out, "manifest", p)) for p in os.listdir(out + "/manifest")])
+    assert len(frame) == 3 and sorted(frame.status) == ["error", "ok", "ok"]
+    bad = frame[frame.status == "error"].iloc[0]
+    assert bad.error_stage == "input"
+    assert bad.error.startswith("ManifestLineError: CSV record has 5 fields, the header 3 (record 'x.mp4,too,many")
+    # the good rows keep the ids the same rows get from Parquet: the reader's extra columns do not count
+    parquet = tmp_path / "m.parquet"
+    src.assign(method="reencode").to_parquet(parquet)
+    from pipeline.input_source import describe_input
+    from pipeline.manifest import make_job_id
+    from pipeline.prepare import rows_from_table
+
+    assert describe_input(str(parquet)).rows == 2
+    ids = {make_job_id(r) for r in rows_from_table(pd.read_parquet(parquet).pipe(pa_table))}
+    assert ids == set(frame[frame.status == "ok"].job_id)
+
+
+def pa_table(frame: pd.DataFrame):
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(frame, preserve_index=False)
