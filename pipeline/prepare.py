@@ -48,6 +48,8 @@ def rows_from_table(table: pa.Table) -> list[dict]:
     """Rows of an input block with every value as text or None (``params`` objects as JSON). The
     CSV reader's columns for malformed records (``BAD_INPUT_KEY``, ``input_line``) stay only on
     the rows they describe."""
+    if BAD_INPUT_KEY in table.column_names and table.column(BAD_INPUT_KEY).null_count == table.num_rows:
+        table = table.drop_columns([BAD_INPUT_KEY, "input_line"])  # the usual block: no malformed record
     rows = [{str(k): as_text(v) for k, v in rec.items()} for rec in table.to_pylist()]
     if BAD_INPUT_KEY in table.column_names:
         for row in rows:
