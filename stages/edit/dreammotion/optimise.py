@@ -128,15 +128,19 @@ def make_optimizer(params: list[torch.Tensor], config: DreamMotionConfig) -> tor
 def optimise_latents(unet: torch.nn.Module, recorder: KeyRecorder, source: torch.Tensor, prompts: PromptEmbeddings,
                      alphas_cumprod: torch.Tensor, mask: torch.Tensor | None, config: DreamMotionConfig,
                      generator: torch.Generator, precision: MixedPrecision | None = None,
-                     calibrate: bool = False) -> OptimisationResult:
+                     calibrate: bool = False, init: torch.Tensor | None = None) -> OptimisationResult:
     """Optimise latents initialised from ``source`` (float32 [1, C, F, h, w]) for ``config.iterations`` steps.
 
+    ``init``: start from these latents instead of the source's (same shape).
     Draws come from ``generator`` (CPU), so a seed fixes the run. ``alphas_cumprod``: the
     scheduler's cumulative alphas [num_train_timesteps].
     """
     precision = precision or MixedPrecision(source.device.type, torch.float32)
     source = source.detach().float()
-    latents = source.clone().requires_grad_(True)
+    start = source if init is None else init.detach().float()
+    if start.shape != source.shape:
+        raise ValueError(f"init latents {tuple(start.shape)} differ from the source's {tuple(source.shape)}")
+    latents = start.clone().requires_grad_(True)
     optimizer = make_optimizer([latents], config)
     scaler = precision.scaler()
     result = OptimisationResult(latents=source)

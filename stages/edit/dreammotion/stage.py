@@ -86,6 +86,13 @@ class DreamMotionStage(DiffusionEditStage):
             self.recorder = None
         super().close()
 
+    def prompt_embeddings(self, prompt: str, source_prompt: str) -> PromptEmbeddings:
+        """Embeddings [1, L, D] of "", the target and the source prompt; equal prompts share one tensor
+        (rows of one text-encoder batch may differ in the last bit, and V-DDS of equal prompts must be 0)."""
+        texts = list(dict.fromkeys(["", prompt, source_prompt]))
+        embeddings = dict(zip(texts, self.encode_text(texts).split(1)))
+        return PromptEmbeddings(uncond=embeddings[""], target=embeddings[prompt], source=embeddings[source_prompt])
+
     # --- per row -----------------------------------------------------------------------------
 
     def edit(self, row: dict, config: Any) -> np.ndarray:
@@ -105,8 +112,7 @@ class DreamMotionStage(DiffusionEditStage):
         mask = None
         if self._masks is not None:
             mask = latent_masks(self._masks, config, tuple(source.shape[-2:])).to(self.device)
-        uncond, target, src = self.encode_text(["", row["prompt"], row["source_prompt"]]).split(1)
-        prompts = PromptEmbeddings(uncond=uncond, target=target, source=src)
+        prompts = self.prompt_embeddings(row["prompt"], row["source_prompt"])
         alphas = self.models["scheduler"].alphas_cumprod.float()
         result = optimise_latents(self.models["unet"], self.recorder, source, prompts, alphas, mask, config,
                                   self.generator(config.seed), self.precision)
