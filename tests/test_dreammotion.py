@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.stage import RunContext
+from pipeline.stage import RunContext, run_stage
 from stages.edit.dreammotion import DreamMotionConfig, DreamMotionStage
 from stages.edit.dreammotion import optimise as opt
 from stages.edit.dreammotion.key_hooks import KeyRecorder, spatial_key_layers
+from stages.edit.dreammotion.masks import latent_masks
 from stages.edit.dreammotion.memory import checkpoint_blocks
 from stages.edit.dreammotion.optimise import PromptEmbeddings, draw, iteration_losses, optimise_latents
 from tests.dreammotion_fixtures import TINY_DREAMMOTION, save_tiny_zeroscope, tiny_unet3d
@@ -220,3 +221,51 @@ def test_a_v_prediction_model_is_refused(tmp_path):
                          RunContext(output_url=str(tmp_path), cache_url=str(tmp_path / "c")))
     with pytest.raises(ValueError, match="epsilon-prediction"):
         s.setup()
+
+
+def _row(tmp_path, **extra) -> dict:
+    row = {"job_id": "job-1", "video_id": "vid/1", "method": "dreammotion", "status": "pending",
+           "prompt": EDIT, "source_prompt": SOURCE, "frames": _clip(4, 40), "fps": 24.0}
+    row.update(extra)
+    return row
+
+
+def _masks_file(tmp_path, masks: np.ndarray, name: str = "masks.npz") -> str:
+    path = tmp_path / name
+    np.savez(path, masks=masks)
+    return str(path)
+
+
+def test_stage_edits_a_row_inside_its_masks(stage, tmp_path):
+    masks = np.zeros((4, 40, 40), bool)
+    masks[:, 10:30, 10:30] = True
+    row = _row(tmp_path, masks_uri=_masks_file(tmp_path, masks), params={"lambda_s": 0.0, "lambda_t": 0.0})
+    out = run_stage(stage, row)
+    assert out["status"] != "error", out.get("error")
+    edited = out["edited_frames"]
+    assert edited.dtype == np.uint8 and edited.shape == (3, 32, 32, 3)
+    assert out["frames"].shape == (3, 32, 32, 3)  # the clip that was edited, for before|after previews
+    source = stage.encode_frames(out["frames"]).float()
+    changed = (stage.last_result.latents - source).abs().amax(dim=(0, 1)) > 0  # [F, h, w]
+    region = latent_masks(masks, stage.config, (8, 8)).bool()
+    assert changed.any() and not (changed & ~region).any()  # V-DDS alone moves only the masked cells
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"source_prompt": ""}, "RowFieldError: method 'dreammotion' needs row field 'source_prompt'"),
+    ({"mask_source": "alpha"}, "RowFieldError: mask_source 'alpha' is not one of"),
+    ({"masks_uri": "MISSING"}, "RowFieldError: masks_uri '"),
+    ({"masks_uri": "FRAMES"}, "has 3 frames, the decoded video 4"),
+    ({"masks_uri": "SIZE"}, "is 50x40 but the frames are 40x40"),
+    ({"params": {"key_layers": ["up_blocks.1"]}}, "RowFieldError: params may not override 'key_layers'"),
+    ({"params": {"lambda_s": -1}}, "lambda_s and lambda_t must be >= 0"),
+])
+def test_bad_rows_are_clear_errors(stage, tmp_path, extra, message):
+    files = {"MISSING": str(tmp_path / "absent.npz"),
+             "FRAMES": _masks_file(tmp_path, np.ones((3, 40, 40), bool), "frames.npz"),
+             "SIZE": _masks_file(tmp_path, np.ones((4, 40, 50), bool), "size.npz")}
+    if extra.get("masks_uri") in files:
+        extra = {**extra, "masks_uri": files[extra["masks_uri"]]}
+    out = run_stage(stage, _row(tmp_path, **extra))
+    assert out["status"] == "error" and out["error_stage"] == "edit:dreammotion"
+    assert message in out["error"], out["error"]

@@ -60,6 +60,7 @@ class DreamMotionConfig(DiffusionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        object.__setattr__(self, "key_layers", tuple(self.key_layers))  # a list from code compares equal to YAML's
         if self.iterations < 0:
             raise ConfigError(f"iterations must be >= 0, got {self.iterations}")
         if self.learning_rate <= 0:

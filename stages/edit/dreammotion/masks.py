@@ -87,6 +87,10 @@ def read_npz_masks(data: bytes, where: str) -> np.ndarray:
         raise RowFieldError(f"{where} is not a readable .npz: {exc}") from exc
 
 
+def uri_is_video(uri: str) -> bool:
+    return os.path.splitext(uri.lower().split("?")[0])[1] in VIDEO_EXTENSIONS
+
+
 def read_mask_video(uri: str, num_frames: int, where: str, options: StorageOptions | None) -> np.ndarray:
     """bool [T, H, W] of a mask video's first ``num_frames + 1`` frames (grey > 127 = inside)."""
     try:
@@ -106,15 +110,15 @@ def read_masks(uri: str, shape: tuple[int, int, int], options: StorageOptions | 
     t, h, w = shape
     where = f"masks_uri {uri!r}"
     try:
-        if os.path.splitext(uri.lower().split("?")[0])[1] in VIDEO_EXTENSIONS:
+        if uri_is_video(uri):
             masks = read_mask_video(uri, t, where, options)
         else:
             masks = read_npz_masks(storage.read_bytes(uri, options), where)
     except FileNotFoundError as exc:
         raise RowFieldError(f"{where} not found") from exc
     if len(masks) != t:
-        raise RowFieldError(f"{where} has {len(masks)}{'+' if len(masks) > t else ''} frames, the decoded video "
-                            f"{t}: give one mask per decoded frame")
+        count = f"more than {t}" if len(masks) > t and uri_is_video(uri) else len(masks)
+        raise RowFieldError(f"{where} has {count} frames, the decoded video {t}: give one mask per decoded frame")
     mh, mw = masks.shape[1:]
     if (mh, mw) != (h, w):
         if abs(mw / mh - w / h) > 0.01 * (w / h):
