@@ -20,7 +20,6 @@ import logging
 from typing import Any
 
 import numpy as np
-import torch
 
 from stages.edit.base import RowFieldError
 from stages.edit.diffusion.base import DiffusionEditStage
