@@ -239,7 +239,8 @@ def _masks_file(tmp_path, masks: np.ndarray, name: str = "masks.npz") -> str:
 def test_stage_edits_a_row_inside_its_masks(stage, tmp_path):
     masks = np.zeros((4, 40, 40), bool)
     masks[:, 10:30, 10:30] = True
-    row = _row(tmp_path, masks_uri=_masks_file(tmp_path, masks), params={"lambda_s": 0.0, "lambda_t": 0.0})
+    row = _row(tmp_path, masks_uri=_masks_file(tmp_path, masks), params={"lambda_s": 0.0, "lambda_t": 0.0,
+                                                                          "calibrate": True})
     out = run_stage(stage, row)
     assert out["status"] != "error", out.get("error")
     edited = out["edited_frames"]
@@ -249,6 +250,8 @@ def test_stage_edits_a_row_inside_its_masks(stage, tmp_path):
     changed = (stage.last_result.latents - source).abs().amax(dim=(0, 1)) > 0  # [F, h, w]
     region = latent_masks(masks, stage.config, (8, 8)).bool()
     assert changed.any() and not (changed & ~region).any()  # V-DDS alone moves only the masked cells
+    norms = stage.last_result.gradient_norms
+    assert norms["vdds"] > 0 and norms["s_ssm"] == norms["t_ssm"] == 0.0  # weights 0: no structure gradient
 
 
 @pytest.mark.parametrize("extra, message", [

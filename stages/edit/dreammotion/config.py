@@ -36,7 +36,8 @@ class DreamMotionConfig(DiffusionConfig):
     module-name prefixes of the UNet whose spatial self-attention keys S-SSM and T-SSM compare
     (``up_blocks.2.attentions``: ZeroScope's 36 x 20-token level at 576 x 320).
     ``atlas_alpha_threshold``: an atlas alpha above it is the edit region when the row has no
-    ``masks_uri``.
+    ``masks_uri``. ``calibrate`` logs each weighted term's gradient norm in the latents at the
+    first iteration (the evidence ``lambda_s``/``lambda_t`` are set from).
     """
 
     model: str = "cerspense/zeroscope_v2_576w"
@@ -55,6 +56,7 @@ class DreamMotionConfig(DiffusionConfig):
     t_max: int = 949
     key_layers: tuple[str, ...] = ("up_blocks.2.attentions",)
     atlas_alpha_threshold: float = 0.5
+    calibrate: bool = False  # log each weighted term's gradient norm at the first iteration
     resources: Resources = field(default_factory=lambda: Resources(num_cpus=1, num_gpus=0, min_actors=1,
                                                                    max_actors=1))
 

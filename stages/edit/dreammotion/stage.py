@@ -114,7 +114,7 @@ class DreamMotionStage(DiffusionEditStage):
         prompts = self.prompt_embeddings(row["prompt"], row["source_prompt"])
         alphas = self.models["scheduler"].alphas_cumprod.float()
         result = optimise_latents(self.models["unet"], self.recorder, source, prompts, alphas, mask, config,
-                                  self.generator(config.seed), self.precision)
+                                  self.generator(config.seed), self.precision, calibrate=config.calibrate)
         self.last_result = result
         if result.history:
             first, last = result.history[0], result.history[-1]
