@@ -103,6 +103,7 @@ def test_only_spatial_self_attention_keys_are_hooked(stage, source):
     with torch.no_grad(), stage.recorder.capture() as keys:
         opt.unet_eps(unet, source, 500, _prompts(stage).target, stage.precision)
     assert sorted(keys) == SPATIAL_UP
+    assert getattr(unet.up_blocks[1].attentions[0].forward, "vidflow_checkpointed", False)  # config default
     assert [tuple(k.shape) for k in keys.values()] == [(3, 64, 16)] * 2  # [F, h*w tokens, channels]
     per_video = stage.recorder.per_video(keys, 3)
     assert len(per_video) == 1 and [tuple(k.shape) for k in per_video[0]] == [(3, 64, 16)] * 2

@@ -125,3 +125,12 @@ def test_latent_masks_follow_the_clip_and_mark_any_covered_cell():
     assert lat[1, 4, 6:].all() and lat[1, :, :5].sum() == 0
     with pytest.raises(RowFieldError, match="no pixel inside .* in the clip's frames"):
         latent_masks(m, DreamMotionConfig(width=32, height=32, num_frames=2, frame_stride=2), (8, 8))  # frames 0, 2
+
+
+def test_a_dreammotion_job_plans_the_atlas_for_the_rows_that_ask_only():
+    from jobs.edit_videos import EditJobConfig, build_specs
+
+    specs = build_specs(EditJobConfig(), {"dreammotion"}, {})
+    names = [spec.stage_cls.__name__ for spec in specs]
+    assert names == ["DecodeStage", "AtlasStage", "DreamMotionStage", "EncodeStage"]
+    assert specs[1].config.apply_to == "needing"
