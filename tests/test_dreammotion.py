@@ -263,6 +263,7 @@ def test_stage_edits_a_row_inside_its_masks(stage, tmp_path):
     ({"masks_uri": "SIZE"}, "is 50x40 but the frames are 40x40"),
     ({"params": {"key_layers": ["up_blocks.1"]}}, "RowFieldError: params may not override 'key_layers'"),
     ({"params": {"lambda_s": -1}}, "lambda_s and lambda_t must be >= 0"),
+    ({"params": {"t_max": 5000}}, "ValueError: t_max=5000 exceeds the scheduler's 1000 training timesteps"),
 ])
 def test_bad_rows_are_clear_errors(stage, tmp_path, extra, message):
     files = {"MISSING": str(tmp_path / "absent.npz"),

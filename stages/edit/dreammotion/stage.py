@@ -32,6 +32,13 @@ from stages.edit.dreammotion.optimise import OptimisationResult, PromptEmbedding
 log = logging.getLogger(__name__)
 
 
+def check_timesteps(config: DreamMotionConfig, scheduler) -> None:
+    """ValueError when ``t_max`` lies beyond the scheduler's training timesteps."""
+    steps = int(scheduler.config.num_train_timesteps)
+    if config.t_max > steps:
+        raise ValueError(f"t_max={config.t_max} exceeds the scheduler's {steps} training timesteps")
+
+
 class DreamMotionStage(DiffusionEditStage):
     method = "dreammotion"
     config_class = DreamMotionConfig
@@ -64,9 +71,7 @@ class DreamMotionStage(DiffusionEditStage):
         if prediction != "epsilon":
             raise ValueError(f"DreamMotion needs an epsilon-prediction model (V-DDS compares noise predictions), "
                              f"got prediction_type {prediction!r}")
-        steps = int(scheduler.config.num_train_timesteps)
-        if self.config.t_max > steps:
-            raise ValueError(f"t_max={self.config.t_max} exceeds the scheduler's {steps} training timesteps")
+        check_timesteps(self.config, scheduler)
         set_attention(unet, self.config.attention, self.config.attention_slice)
         if self.config.gradient_checkpointing:
             checkpoint_blocks(unet)
@@ -112,6 +117,7 @@ class DreamMotionStage(DiffusionEditStage):
         if self._masks is not None:
             mask = latent_masks(self._masks, config, tuple(source.shape[-2:])).to(self.device)
         prompts = self.prompt_embeddings(row["prompt"], row["source_prompt"])
+        check_timesteps(config, self.models["scheduler"])  # a row's params may move t_max
         alphas = self.models["scheduler"].alphas_cumprod.float()
         result = optimise_latents(self.models["unet"], self.recorder, source, prompts, alphas, mask, config,
                                   self.generator(config.seed), self.precision, calibrate=config.calibrate)
