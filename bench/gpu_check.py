@@ -20,6 +20,9 @@ freed with its process. Results go to a JSON file and one table on stdout. Parts
   GPU: rows ok, wall time, GPU utilisation sampled during the run.
 * ``revideo`` — the SVD UNet + ReVideo control module (random weights) in fp16: seconds per
   denoising step and peak memory at the release's shapes (bench/revideo.py).
+* ``dreammotion`` — the ZeroScope UNet3D (random weights, fp16 frozen, fp32 latents) at 16 x 576 x 320:
+  seconds per optimisation iteration and peak memory with and without block checkpointing, each
+  term's gradient norm at iteration 0 (bench/dreammotion.py; ``--calibrate`` there alone).
 
 An editing method added later registers its own part: a function in bench/gpu_parts.py (or its
 own bench module) and one line in :data:`PARTS`.
@@ -57,6 +60,7 @@ PARTS: dict[str, Part] = {p.name: p for p in (
     Part("atlas", "bench.gpu_parts:atlas", 160.0),
     Part("edit_job", "bench.gpu_parts:edit_job", 90.0, smoke_budget_s=90.0),
     Part("revideo", "bench.revideo:gpu_part", 105.0),
+    Part("dreammotion", "bench.dreammotion:gpu_part", 120.0),
 )}
 
 
