@@ -185,3 +185,23 @@ def test_config_defaults_are_the_releases_and_bad_values_are_refused():
                 {"unknown_key": 1}):
         with pytest.raises(ConfigError):
             from_dict(StableVideoConfig, bad)
+
+
+def test_production_yaml_validates_with_the_releases_settings():
+    import os
+
+    from jobs import edit_videos
+    from pipeline.config import load_config
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jobs", "configs",
+                        "stablevideo.yaml")
+    config = load_config(edit_videos.EditJobConfig, path)
+    sv = edit_videos.method_configs(config, path)["stablevideo"]
+    assert isinstance(sv, StableVideoConfig) and sv.dtype == "float16" and sv.resources.num_gpus == 1
+    assert (sv.num_inference_steps, sv.guidance_scale, sv.strength) == (20, 9.0, 0.9)
+    assert sv.n_prompt == StableVideoConfig().n_prompt
+    assert (sv.controlnet_canny, sv.controlnet_depth, sv.depth_model) == (
+        "lllyasviel/sd-controlnet-canny", "lllyasviel/sd-controlnet-depth", "Intel/dpt-hybrid-midas")
+    specs = edit_videos.build_specs(config, {"stablevideo"}, {"stablevideo": sv}, path)
+    assert [s.stage_cls.__name__ for s in specs] == ["DecodeStage", "AtlasStage", "StableVideoStage", "EncodeStage"]
+    assert config.decode.max_frames == specs[1].config.max_frames == 70
