@@ -77,12 +77,12 @@ def synthetic_fit(directory: str, frames: int, width: int, height: int, resoluti
     return video
 
 
-def build_models(smoke: bool, device: torch.device, workdir: str) -> tuple[dict, object]:
-    """Random-weight components with the real shapes (or the tests' tiny ones), and a DepthEstimator."""
+def build_models(smoke: bool, device: torch.device, workdir: str) -> dict:
+    """Random-weight components with the real shapes (or the tests' tiny ones), the DPT included."""
     from diffusers import ControlNetModel
     from transformers import CLIPTokenizer
 
-    from bench.depth import build_estimator
+    from bench.depth import dpt_config
     from bench.tune_a_video import build_unet, build_vae_and_text
     from tests.diffusion_fixtures import tiny_scheduler, write_tiny_tokenizer
 
@@ -100,14 +100,16 @@ def build_models(smoke: bool, device: torch.device, workdir: str) -> tuple[dict,
     # the CLIP BPE vocabulary is not available offline: a small tokenizer at the real sequence length
     tokenizer = CLIPTokenizer.from_pretrained(str(write_tiny_tokenizer(os.path.join(workdir, "tokenizer"))),
                                               model_max_length=16 if smoke else 77)
+    from transformers import DPTForDepthEstimation
+
+    with torch.device("cpu" if smoke else device):
+        dpt = DPTForDepthEstimation(dpt_config("tiny" if smoke else "hybrid", 32 if smoke else 384))
     models = {"unet": unet, "vae": vae, "text_encoder": text, "tokenizer": tokenizer, "scheduler": tiny_scheduler(),
-              "controlnet_canny": canny, "controlnet_depth": depth_net}
+              "controlnet_canny": canny, "controlnet_depth": depth_net, "depth_model": dpt}
     for m in models.values():
         if isinstance(m, torch.nn.Module):
             m.eval().requires_grad_(False)
-    est, _ = build_estimator("tiny" if smoke else "hybrid", 32 if smoke else 384,
-                             "cpu" if smoke else "auto", "float32" if smoke else "float16")
-    return models, est
+    return models
 
 
 def build_text_for_tiny_tokenizer(workdir: str):
@@ -140,13 +142,13 @@ def measure(smoke: bool, budget_s: float = float("inf"), report: Callable[[dict]
     work = tempfile.mkdtemp(prefix="bench-stablevideo-")
     fit_dir = os.path.join(work, "fit")
     frames = synthetic_fit(fit_dir, shape["frames"], shape["width"], shape["height"], shape["atlas"])
-    models, est = build_models(smoke, device, work)
+    models = build_models(smoke, device, work)
     settings = dict(TINY_STABLEVIDEO) if smoke else {"dtype": "float16"}
     config = StableVideoConfig(model="bench", controlnet_canny="bench", controlnet_depth="bench",
                                depth_model="bench", resources=Resources(num_gpus=0.0 if smoke else 1.0), **settings)
     stage = StableVideoStage(config, RunContext(output_url=os.path.join(work, "out"), cache_url=work))
     with mock.patch("stages.edit.diffusion.base.load_components", return_value=models), \
-            mock.patch("stages.depth.DepthEstimator.load", return_value=est):
+            mock.patch("stages.edit.stablevideo.stage.load_processor", return_value=None):
         stage.setup()
     out: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                  "dtype": str(stage.dtype).replace("torch.", ""), "clip": f"{shape['frames']}x{shape['width']}x"

@@ -205,3 +205,11 @@ def test_production_yaml_validates_with_the_releases_settings():
     specs = edit_videos.build_specs(config, {"stablevideo"}, {"stablevideo": sv}, path)
     assert [s.stage_cls.__name__ for s in specs] == ["DecodeStage", "AtlasStage", "StableVideoStage", "EncodeStage"]
     assert config.decode.max_frames == specs[1].config.max_frames == 70
+    # `vidflow models download` fetches every model the method loads, the DPT included
+    from jobs.models import collect_models
+
+    refs = {r.ref: r for r in collect_models("edit", config)}
+    for ref in ("stable-diffusion-v1-5/stable-diffusion-v1-5", "lllyasviel/sd-controlnet-canny",
+                "lllyasviel/sd-controlnet-depth", "Intel/dpt-hybrid-midas"):
+        assert refs[ref].kind == "hf", ref
+    assert refs["Intel/dpt-hybrid-midas"].used_by == ("methods.stablevideo.depth_model",)

@@ -16,6 +16,7 @@ COMPONENTS: dict[str, ComponentSpec] = {
     **SD_COMPONENTS,
     "controlnet_canny": ComponentSpec("diffusers", "ControlNetModel", ref_field="controlnet_canny", variant=True),
     "controlnet_depth": ComponentSpec("diffusers", "ControlNetModel", ref_field="controlnet_depth", variant=True),
+    "depth_model": ComponentSpec("transformers", "DPTForDepthEstimation", ref_field="depth_model"),
 }
 STABLEVIDEO_LOAD_FIELDS: tuple[str, ...] = (*LOAD_FIELDS, "controlnet_canny", "controlnet_depth", "depth_model")
 

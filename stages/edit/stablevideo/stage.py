@@ -5,7 +5,8 @@ keyframes (the row's ``keyframes`` or :func:`.keyframes.default_keyframes`), edi
 atlas from the keyframes with ControlNet-canny (:mod:`.foreground`), re-paint the background atlas
 with ControlNet-depth when the row has a ``bg_prompt`` (:mod:`.background`; empty keeps it
 bit-identical), and render every frame from the two atlases through the fitted UVs and alpha.
-One SD 1.5 stack serves both ControlNets; the DPT comes from the depth stage's loader.
+One SD 1.5 stack serves both ControlNets; the DPT is a component too (``depth_model``), run through
+the depth stage's :class:`~stages.depth.DepthEstimator`.
 """
 
 from __future__ import annotations
@@ -49,6 +50,23 @@ def load_coverage(atlas_dir: str, options: Any = None) -> tuple[np.ndarray, np.n
         return z["fg_coverage"].astype(bool), z["bg_coverage"].astype(bool)
 
 
+def load_processor(config: StableVideoConfig) -> Any:
+    """The DPT's image processor (its pixel normalisation), or None for DPT's defaults (mean and
+    std 0.5, those of the MiDaS DPT models) when the model folder has none."""
+    from transformers import AutoImageProcessor
+
+    from stages.edit.diffusion.loading import _local_path, is_local, is_remote
+
+    ref = config.depth_model
+    if is_remote(ref):
+        return None
+    try:
+        return AutoImageProcessor.from_pretrained(_local_path(ref) if is_local(ref) else ref)
+    except (OSError, ValueError) as exc:
+        log.warning("depth model %s has no usable image processor (%s); using DPT defaults", ref, exc)
+        return None
+
+
 class StableVideoStage(DiffusionEditStage):
     method = "stablevideo"
     config_class = StableVideoConfig
@@ -59,7 +77,7 @@ class StableVideoStage(DiffusionEditStage):
 
     def __init__(self, config: StableVideoConfig, context):
         super().__init__(config, context)
-        self.depth: Any = None
+        self.depth_processor: Any = None
 
     @classmethod
     def row_needs(cls, row: dict) -> tuple[str, ...]:
@@ -83,12 +101,6 @@ class StableVideoStage(DiffusionEditStage):
 
     # --- actor lifecycle -------------------------------------------------------------------
 
-    def preflight(self) -> None:
-        super().preflight()
-        from stages.depth import resolve_model
-
-        resolve_model(self.config.depth_model)
-
     def prepare_models(self, models: dict) -> None:
         cfg = self.config
         nets = [models[n] for n in ("unet", "controlnet_canny", "controlnet_depth")]
@@ -102,8 +114,6 @@ class StableVideoStage(DiffusionEditStage):
                 net.set_attention_slice(cfg.attention_slice)
 
     def after_setup(self) -> None:
-        from stages.depth import DepthEstimator
-
         vae = self.models["vae"]
         factor = 2 ** (len(vae.config.block_out_channels) - 1)
         for name in ("controlnet_canny", "controlnet_depth"):
@@ -112,13 +122,10 @@ class StableVideoStage(DiffusionEditStage):
             down = 2 ** (len(net.config.conditioning_embedding_out_channels) - 1)
             if down != factor:
                 raise ValueError(f"{name} downsamples its hint {down}x but the VAE {factor}x")
-        offload = self.config.cpu_offload or self.device.type != "cuda"
-        self.depth = DepthEstimator.load(self.config.depth_model, device="cpu" if offload else "auto",
-                                         dtype="float32" if offload else self.config.dtype,
-                                         num_gpus=self.resources.num_gpus)
+        self.depth_processor = load_processor(self.config)
 
     def close(self) -> None:
-        self.depth = None
+        self.depth_processor = None
         super().close()
 
     # --- what foreground/background need (the Diffuser protocol) ----------------------------
@@ -148,7 +155,15 @@ class StableVideoStage(DiffusionEditStage):
                               config.guidance_scale, config.conditioning_scale)
 
     def predict_depth(self, image: np.ndarray) -> np.ndarray:
-        return self.depth.predict_image(image)
+        """Relative inverse depth float32 [H, W] of uint8 [H, W, 3] by the DPT (the depth stage's estimator)."""
+        from stages.depth import DepthEstimator
+
+        with self.on_device("depth_model") as model:
+            size = model.config.image_size
+            size = int(size[0] if isinstance(size, (list, tuple)) else size)
+            estimator = DepthEstimator(model, self.depth_processor, input_size=size, device=str(self.device),
+                                       dtype=self.dtype)
+            return estimator.predict_image(image)
 
     # --- per row -----------------------------------------------------------------------------
 
