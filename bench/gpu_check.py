@@ -23,6 +23,9 @@ freed with its process. Results go to a JSON file and one table on stdout. Parts
 * ``dreammotion`` — the ZeroScope UNet3D (random weights, fp16 frozen, fp32 latents) at 16 x 576 x 320:
   seconds per optimisation iteration and peak memory with and without block checkpointing, each
   term's gradient norm at iteration 0 (bench/dreammotion.py; ``--calibrate`` there alone).
+* ``stablevideo`` — SD 1.5 + ControlNet canny and depth + DPT-Hybrid (random weights) in fp16: wall
+  time of one 70 x 768 x 432 video's edit (3 keyframes, background, render; atlas fit excluded)
+  and peak memory (bench/stablevideo.py).
 
 An editing method added later registers its own part: a function in bench/gpu_parts.py (or its
 own bench module) and one line in :data:`PARTS`.
@@ -61,6 +64,7 @@ PARTS: dict[str, Part] = {p.name: p for p in (
     Part("edit_job", "bench.gpu_parts:edit_job", 90.0, smoke_budget_s=90.0),
     Part("revideo", "bench.revideo:gpu_part", 105.0),
     Part("dreammotion", "bench.dreammotion:gpu_part", 120.0),
+    Part("stablevideo", "bench.stablevideo:gpu_part", 120.0),
 )}
 
 

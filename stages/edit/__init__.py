@@ -16,6 +16,7 @@ _METHODS: dict[str, str] = {
     "tune_a_video": "stages.edit.tune_a_video:TuneAVideoStage",
     "revideo": "stages.edit.revideo:ReVideoStage",
     "dreammotion": "stages.edit.dreammotion:DreamMotionStage",
+    "stablevideo": "stages.edit.stablevideo:StableVideoStage",
 }
 
 
