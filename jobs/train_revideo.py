@@ -50,6 +50,11 @@ class DataConfig:
     num_cpus: float = 1.0  # per sample-building task (decode + rasterise one or two rows)
     concurrency: int | None = None  # sample tasks at once (None: as many as the CPUs allow)
     shuffle: bool = True  # shuffle the shard rows once (seeded by train.seed) before decoding
+    pair_rows: int = 8  # stage 2: shard rows per task; its decodable clips pair up in order (V1, V2)
+
+    def __post_init__(self) -> None:
+        if self.num_cpus <= 0 or self.pair_rows < 2 or (self.concurrency is not None and self.concurrency < 1):
+            raise ConfigError("data: need num_cpus > 0, pair_rows >= 2, concurrency >= 1 (or null)")
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,7 @@ def training_dataset(files: list[str], job: SampleJob, data: DataConfig, seed: i
     ds = ds.filter(expr="status == 'ok'")
     if data.shuffle:
         ds = ds.random_shuffle(seed=seed)
-    return ds.map_batches(_sample_batch, fn_kwargs={"job": job}, batch_size=2 if job.stage == 2 else 1,
+    return ds.map_batches(_sample_batch, fn_kwargs={"job": job}, batch_size=data.pair_rows if job.stage == 2 else 1,
                           batch_format="pyarrow", num_cpus=data.num_cpus, concurrency=data.concurrency)
 
 

@@ -120,7 +120,7 @@ def _dataset():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(48, 4)).astype(np.float32)
     y = x @ np.array([1.0, -2.0, 0.5, 3.0], dtype=np.float32) + 0.3
-    return ray.data.from_items([{"x": xi, "y": float(yi)} for xi, yi in zip(x, y)])
+    return ray.data.from_items([{"x": xi, "y": float(yi)} for xi, yi in zip(x, y)], override_num_blocks=2)
 
 
 def _params(out):

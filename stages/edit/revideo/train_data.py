@@ -7,8 +7,8 @@ takes the row's tracks (every grid track when the shards kept them, ``store_grid
 else the sampled ones) and builds a sample of the stage (:mod:`.train_samples`) with a generator
 seeded by (seed, stage, job_id). A row whose video cannot be decoded, or decodes to another
 window, is skipped: it leaves a small JSON record under ``skipped_url`` (one per job_id, so
-retries do not double-count) and no sample. Stage 2 pairs consecutive rows of the batch (V1, V2)
-and (V2, V1); an unpaired row is left out.
+retries do not double-count) and no sample. Stage 2 pairs consecutive decodable clips of the
+batch, giving (V1, V2) and (V2, V1); an unpaired clip is left out.
 """
 
 from __future__ import annotations
