@@ -20,6 +20,8 @@ freed with its process. Results go to a JSON file and one table on stdout. Parts
   GPU: rows ok, wall time, GPU utilisation sampled during the run.
 * ``revideo`` — the SVD UNet + ReVideo control module (random weights) in fp16: seconds per
   denoising step and peak memory at the release's shapes (bench/revideo.py).
+* ``train_revideo`` — ReVideo training at 14 x 512 x 320, batch 1, bf16 autocast, random weights:
+  seconds per optimizer step and peak memory of stages 1, 3 and 2 (bench/train_revideo.py).
 
 An editing method added later registers its own part: a function in bench/gpu_parts.py (or its
 own bench module) and one line in :data:`PARTS`.
@@ -57,6 +59,7 @@ PARTS: dict[str, Part] = {p.name: p for p in (
     Part("atlas", "bench.gpu_parts:atlas", 160.0),
     Part("edit_job", "bench.gpu_parts:edit_job", 90.0, smoke_budget_s=90.0),
     Part("revideo", "bench.revideo:gpu_part", 105.0),
+    Part("train_revideo", "bench.train_revideo:gpu_part", 90.0),
 )}
 
 

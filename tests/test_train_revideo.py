@@ -207,3 +207,15 @@ def test_config_file_and_bad_values(tmp_path):
                 "revideo.stage_steps=[1,2]", "train.precision=fp8"):
         with pytest.raises(ConfigError):
             load_job_config(None, [bad])
+
+
+def test_bench_smoke_measures_the_loader_ratio_and_every_stage():
+    from bench.train_revideo import data_vs_trainer, run_gpu
+
+    ratio = data_vs_trainer(smoke=True)
+    assert ratio["data"]["samples_per_s"] > 0 and ratio["trainer"]["samples_per_s"] > 0
+    assert ratio["ratio"] == pytest.approx(ratio["data"]["samples_per_s"] / ratio["trainer"]["samples_per_s"])
+    gpu = run_gpu(smoke=True)
+    assert set(gpu["stages"]) == {"stage1", "stage2", "stage3"} and gpu["headline"]
+    assert gpu["stages"]["stage3"]["trainable_mparams"] < gpu["stages"]["stage1"]["trainable_mparams"]
+    assert all(s["seconds_per_step"] > 0 for s in gpu["stages"].values())

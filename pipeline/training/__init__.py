@@ -54,16 +54,15 @@ from pipeline.training.launch import TRAIN_DIR, TrainingRunExistsError, TrainRes
 from pipeline.training.metrics import MetricsWriter
 from pipeline.training.precision import Precision, check_trainable_fp32, resolve_precision
 from pipeline.training.task import (
-                                    TrainingTask,
-                                    TrainSetup,
-                                    WorkerContext,
-                                    default_batch_size,
-                                    derived_seed,
-                                    shard_batches,
+    TrainingTask,
+    TrainSetup,
+    WorkerContext,
+    default_batch_size,
+    derived_seed,
+    shard_batches,
 )
 
 __all__ = ["TRAIN_DIR", "MetricsWriter", "Precision", "TrainConfig", "TrainResult", "TrainSetup",
            "TrainingRunExistsError", "TrainingState", "TrainingTask", "WorkerContext", "check_trainable_fp32",
-           "default_batch_size",
-           "derived_seed", "fit", "load_state", "ray_storage", "resolve_precision", "run_exists", "save_state",
-           "shard_batches"]
+           "default_batch_size", "derived_seed", "fit", "load_state", "ray_storage", "resolve_precision",
+           "run_exists", "save_state", "shard_batches"]
