@@ -56,7 +56,8 @@ def _edit(svd: str, checkpoint: str, out: str, controlnet: str | None = None) ->
     return stage.edit(row, dataclasses.replace(config))
 
 
-def test_three_stages_train_on_shards_and_export_what_revideo_loads(ray_local, sample_dir, tmp_path):
+def test_three_stages_train_on_shards_and_export_what_revideo_loads(ray_local, sample_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # the controller notices each end sooner
     shards = _shards(tmp_path, sample_dir)
     svd, zero = save_tiny_svd(tmp_path / "svd"), save_tiny_revideo(tmp_path / "zero", randomise=False)
     out = str(tmp_path / "train")

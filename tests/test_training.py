@@ -84,6 +84,17 @@ def test_metrics_writer_resumes_and_drops_later_rows(tmp_path):
     assert text[0] == "step,loss,extra" and len(text) == 5
 
 
+def test_storage_for_local_paths_and_fsspec_urls(tmp_path):
+    import pyarrow.fs
+
+    from pipeline.training import ray_storage
+
+    path, fs = ray_storage(str(tmp_path / "out"))
+    assert path == str(tmp_path / "out" / "ray_train") and fs is None
+    path, fs = ray_storage("memory://bucket/run")
+    assert path.endswith("bucket/run/ray_train") and isinstance(fs, pyarrow.fs.PyFileSystem)
+
+
 # ---- the Ray Train story: a tiny linear regression on a Ray Data dataset -------------------------------
 
 def _build(ctx):
@@ -128,7 +139,8 @@ def _params(out):
 
 
 @pytest.mark.slow
-def test_fit_checkpoints_restarts_resumes_and_matches_uninterrupted(ray_local, tmp_path):
+def test_fit_checkpoints_restarts_resumes_and_matches_uninterrupted(ray_local, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # the controller notices the end sooner
     import sys
 
     from ray import cloudpickle

@@ -146,7 +146,11 @@ def worker_main(config: dict) -> None:
             scaler.unscale_(setup.optimizer)
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        (scaler.step(setup.optimizer), scaler.update()) if scaler else setup.optimizer.step()
+        if scaler:
+            scaler.step(setup.optimizer)
+            scaler.update()
+        else:
+            setup.optimizer.step()
         step, position, window_steps = step + 1, position + cfg.grad_accumulation, window_steps + 1
         checkpoint_now = step % cfg.checkpoint_every == 0 or step == cfg.steps
         if step % cfg.log_every == 0 or checkpoint_now:
