@@ -26,6 +26,8 @@ freed with its process. Results go to a JSON file and one table on stdout. Parts
 * ``stablevideo`` — SD 1.5 + ControlNet canny and depth + DPT-Hybrid (random weights) in fp16: wall
   time of one 70 x 768 x 432 video's edit (3 keyframes, background, render; atlas fit excluded)
   and peak memory (bench/stablevideo.py).
+* ``train_revideo`` — ReVideo training at 14 x 512 x 320, batch 1, bf16 autocast, random weights:
+  seconds per optimizer step and peak memory of stages 1, 3 and 2 (bench/train_revideo.py).
 
 An editing method added later registers its own part: a function in bench/gpu_parts.py (or its
 own bench module) and one line in :data:`PARTS`.
@@ -65,6 +67,7 @@ PARTS: dict[str, Part] = {p.name: p for p in (
     Part("revideo", "bench.revideo:gpu_part", 105.0),
     Part("dreammotion", "bench.dreammotion:gpu_part", 120.0),
     Part("stablevideo", "bench.stablevideo:gpu_part", 120.0),
+    Part("train_revideo", "bench.train_revideo:gpu_part", 90.0),
 )}
 
 
