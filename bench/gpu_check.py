@@ -4,10 +4,11 @@
     python -m bench.gpu_check --smoke          # every part at tiny sizes on the CPU (run by the tests)
 
 Built for one 10-minute call on one GPU: each part runs in its own process with a wall-time
-budget (the budgets sum to 9 minutes; a part also gets ``options["budget_s"]``, 85 % of it, to
-plan its own measurements), so a slow or hanging part is stopped and the others
-still run; a stopped part keeps the figures it reported before the limit, and its GPU memory is
-freed with its process. Results go to a JSON file and one table on stdout. Parts (bench/gpu_parts.py):
+budget (the budgets sum to 9 minutes for all eight parts; a part also gets ``options["budget_s"]``,
+85 % of it, to plan its own measurements; ``--budget-scale`` stretches them for a run of a few
+parts), so a slow or hanging part is stopped and the others still run; a stopped part keeps the
+figures it reported before the limit, and its GPU memory is freed with its process. Results go
+to a JSON file and one table on stdout. Parts (bench/gpu_parts.py):
 
 * ``tune_a_video`` — SD 1.5 UNet/VAE/text encoder with random weights at 24 x 512 x 512: seconds
   per tuning / inversion / sampling step, each phase's peak GPU memory, VAE and text encoder.
@@ -60,14 +61,14 @@ class Part:
 
 
 PARTS: dict[str, Part] = {p.name: p for p in (
-    Part("tune_a_video", "bench.gpu_parts:tune_a_video", 120.0),
-    Part("depth", "bench.gpu_parts:depth", 65.0),
-    Part("atlas", "bench.gpu_parts:atlas", 160.0),
-    Part("edit_job", "bench.gpu_parts:edit_job", 90.0, smoke_budget_s=90.0),
-    Part("revideo", "bench.revideo:gpu_part", 105.0),
-    Part("dreammotion", "bench.dreammotion:gpu_part", 120.0),
-    Part("stablevideo", "bench.stablevideo:gpu_part", 120.0),
-    Part("train_revideo", "bench.train_revideo:gpu_part", 90.0),
+    Part("tune_a_video", "bench.gpu_parts:tune_a_video", 75.0),
+    Part("depth", "bench.gpu_parts:depth", 40.0),
+    Part("atlas", "bench.gpu_parts:atlas", 100.0),
+    Part("edit_job", "bench.gpu_parts:edit_job", 60.0, smoke_budget_s=90.0),
+    Part("revideo", "bench.revideo:gpu_part", 60.0),
+    Part("dreammotion", "bench.dreammotion:gpu_part", 70.0),
+    Part("stablevideo", "bench.stablevideo:gpu_part", 75.0),
+    Part("train_revideo", "bench.train_revideo:gpu_part", 60.0),
 )}
 
 

@@ -167,7 +167,9 @@ def atlas(smoke: bool, options: dict, report) -> dict:
              "hash": {"levels": 4, "log2_table_size": 10, "hidden": 16, "layers": 1, "mapping_levels": 2},
              "pe": {"width": 16, "fg_mapping_layers": 1, "bg_mapping_layers": 1, "alpha_layers": 1,
                     "atlas_layers": 1, "atlas_frequencies": 2}} if smoke else {}
-    budgets = {"hash": 1.0, "pe": 0.6} if smoke else {"hash": 85.0, "pe": 30.0}
+    # fit times within the part's budget: 55 % hash grid, 20 % PE networks (85 s / 30 s at most)
+    plan = float(options.get("budget_s", float("inf")))
+    budgets = {"hash": 1.0, "pe": 0.6} if smoke else {"hash": min(85.0, 0.55 * plan), "pe": min(30.0, 0.2 * plan)}
     marks = {k: [b * f for f in (0.1, 0.25, 0.5, 0.75, 1.0)] for k, b in budgets.items()}
     out: dict = {"clip": name, "shape": [t, h, w], "mask_source": source, "device": _device_name(), "fits": {}}
     for encoding in ("hash", "pe"):
