@@ -88,6 +88,7 @@ class TrackerSettings:
     min_cluster: int = 8  # tracks a separately moving region needs
     max_clusters: int = 3  # separately moving regions besides the background homography
     region_margin: float = 0.03  # a cluster's hull is grown by this fraction of the larger side
+    search: float = 0.2  # a masked object is searched this fraction of the larger side around its box
 
     def __post_init__(self) -> None:
         if not 0 <= self.levels <= 8 or self.window < 5 or self.max_points < 16:
@@ -99,12 +100,15 @@ class SegmentationConfig:
     """Motion segmentation without a mask_uri (stages/atlas/segmentation.py); pixels, fractions of the frame."""
 
     background_planes: int = 2  # homographies the background may need (parallax: a near and a far plane)
+    plane_ransac_px: float = 0.5  # inlier distance of a plane's RANSAC fit (tight: one plane per depth)
     plane_min_fraction: float = 0.15  # a further plane must explain this fraction of the frame's samples
     plane_min_extent: float = 0.5  # ... and span this fraction of the frame's width or height (objects are compact)
     photometric_margin: float = 2.0  # grey levels the background planes may lose by and still claim a pixel
+    photometric_min: float = 8.0  # grey levels of colour the planes mispredict that alone mark foreground
     noise_factor: float = 3.0  # threshold at least this x the background's median residual (flow noise)
-    vote_radius: int = 2  # temporal consistency: frames on each side voting through the flow
-    vote_fraction: float = 0.6  # a pixel is foreground when this fraction of the votes say so
+    vote_radius: int = 2  # temporal consistency: frames on each side a region must recur in
+    vote_fraction: float = 0.5  # ... in this fraction of them
+    reach: float = 0.15  # ... within this fraction of the larger side per frame of distance
     min_component: float = 0.002  # connected regions smaller than this fraction of the frame are dropped
     min_object_fraction: float = 0.003  # less foreground than this (mean over frames): "no object found"
     max_object_fraction: float = 0.6  # more than this: no separable object either

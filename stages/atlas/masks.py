@@ -24,9 +24,10 @@ import numpy as np
 
 from pipeline import media, storage
 from pipeline.storage import StorageOptions
-from stages.atlas.config import SegmentationConfig
+from stages.atlas.config import SegmentationConfig, TrackerSettings
 from stages.atlas.flow import FlowField, warp
 from stages.atlas.segmentation import segment
+from stages.atlas.tracks import object_motion
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif")
 MIN_FRACTION = 1e-4  # a mask with fewer foreground pixels than this fraction is "empty"
@@ -67,30 +68,35 @@ def decode_mask_image(data: bytes, where: str) -> np.ndarray:
     return image > 127
 
 
-def propagate(first: np.ndarray, flow: FlowField) -> np.ndarray:
+def propagate(first: np.ndarray, flow: FlowField, frames: np.ndarray | None = None,
+              tracker: TrackerSettings | None = None) -> np.ndarray:
     """Carry a first-frame bool mask [H, W] through the clip: bool [T, H, W].
 
-    Per frame pair, an affine motion is fitted (RANSAC) to the forward flow of the mask's
-    pixels whose flow passes the consistency check, and the mask is warped by it: the
-    object's tracks summarised as one motion, which does not drift the way chaining dense
-    flow pixel by pixel does. Falls back to pulling the mask along the backward flow when
-    too few pixels have a valid flow.
+    With ``frames`` (uint8 [T, H, W, 3]) and ``tracker``, the object is tracked directly per
+    frame pair (:func:`stages.atlas.tracks.object_motion`: masked template search, then LK and
+    a RANSAC affine), which follows objects moving tens of pixels a frame. Otherwise (or when
+    that finds nothing) an affine is fitted (RANSAC) to the forward flow of the mask's pixels
+    whose flow passes the consistency check. Either way the mask moves by one affine per frame,
+    which does not drift the way chaining dense flow pixel by pixel does; with neither, the
+    mask is pulled along the backward flow.
     """
     masks = [first.astype(bool)]
     kernel = np.ones((3, 3), np.uint8)
     h, w = first.shape
+    grey = None if frames is None or tracker is None else [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
     for t in range(flow.backward.shape[0]):
         current = masks[-1]
-        inner = cv2.erode(current.astype(np.uint8), kernel) > 0
-        ys, xs = np.nonzero(inner & flow.forward_valid[t])
-        model = None
-        if len(xs) >= 12:
-            if len(xs) > 4000:
-                keep = np.linspace(0, len(xs) - 1, 4000).astype(int)
-                ys, xs = ys[keep], xs[keep]
-            src = np.stack([xs, ys], -1).astype(np.float32)
-            dst = src + flow.forward[t][ys, xs]
-            model, _ = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=1.0)
+        model = object_motion(grey[t], grey[t + 1], current, tracker) if grey is not None else None
+        if model is None:
+            inner = cv2.erode(current.astype(np.uint8), kernel) > 0
+            ys, xs = np.nonzero(inner & flow.forward_valid[t])
+            if len(xs) >= 12:
+                if len(xs) > 4000:
+                    keep = np.linspace(0, len(xs) - 1, 4000).astype(int)
+                    ys, xs = ys[keep], xs[keep]
+                src = np.stack([xs, ys], -1).astype(np.float32)
+                dst = src + flow.forward[t][ys, xs]
+                model, _ = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=1.0)
         if model is not None:
             moved = cv2.warpAffine(current.astype(np.float32), model, (w, h), flags=cv2.INTER_LINEAR) > 0.5
         else:
@@ -111,9 +117,9 @@ def load_mask_video(url: str, num_frames: int, height: int, width: int,
     return np.stack([fit_mask(m.astype(np.uint8), height, width, f"mask video {url}") > 0 for m in grey])
 
 
-def manifest_masks(url: str, flow: FlowField, shape: tuple[int, int, int],
-                   options: StorageOptions | None = None) -> np.ndarray:
-    """bool [T, H, W] from a row's ``mask_uri`` (first-frame image or mask video)."""
+def manifest_masks(url: str, flow: FlowField, shape: tuple[int, int, int], options: StorageOptions | None = None,
+                   frames: np.ndarray | None = None, tracker: TrackerSettings | None = None) -> np.ndarray:
+    """bool [T, H, W] from a row's ``mask_uri`` (first-frame image or mask video; see :func:`propagate`)."""
     t, h, w = shape
     try:
         if os.path.splitext(url.lower())[1] in VIDEO_EXTENSIONS:
@@ -122,7 +128,7 @@ def manifest_masks(url: str, flow: FlowField, shape: tuple[int, int, int],
             first = decode_mask_image(storage.read_bytes(url, options), f"mask {url}")
             first = fit_mask(first.astype(np.uint8), h, w, f"mask {url}") > 0
             check_not_empty(first[None], f"mask {url}")
-            masks = propagate(first, flow)
+            masks = propagate(first, flow, frames, tracker)
     except FileNotFoundError as exc:
         raise MaskError(f"mask {url} not found") from exc
     except media.VideoDecodeError as exc:
@@ -143,14 +149,15 @@ def motion_masks(flow: FlowField, threshold_px: float = 1.0, config: Segmentatio
 
 def row_masks(row: dict, flow: FlowField, shape: tuple[int, int, int], source: str, threshold_px: float,
               options: StorageOptions | None = None, segmentation: SegmentationConfig | None = None,
-              frames: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+              frames: np.ndarray | None = None, tracker: TrackerSettings | None = None
+              ) -> tuple[np.ndarray, str]:
     """The bootstrap masks of a row and where they came from ("manifest" or "motion"); the row's mask wins."""
     uri = row.get("mask_uri")
     uri = uri.strip() if isinstance(uri, str) else None
     if source == "manifest" and not uri:
         raise MaskError("atlas.mask_source is 'manifest' but the row has no mask_uri")
     if uri and source in ("auto", "manifest"):
-        return manifest_masks(uri, flow, shape, options), "manifest"
+        return manifest_masks(uri, flow, shape, options, frames, tracker), "manifest"
     return motion_masks(flow, threshold_px, segmentation, frames), "motion"
 
 

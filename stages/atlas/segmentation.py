@@ -8,7 +8,9 @@ planes (a road, distant mountains, a wall) run out of the frame, an object in th
 not — so camera parallax between a near and a far plane is background, not foreground. A
 pixel's residual is its distance in pixels from the best plane's prediction; it is evidence of
 foreground above ``max(threshold_px, noise_factor x median residual)`` (the flow's own noise).
-Each frame is judged against both neighbours and a pixel is evidence only when both agree: the
+A pixel whose colour the planes mispredict by more than ``max(photometric_min, noise_factor x
+median)`` grey levels is evidence too, so an object the dense flow lost (fast motion) is still
+found. Each frame is judged against both neighbours and a pixel is evidence only when both agree: the
 strip an object is about to cover is occluded in the next frame only, the strip it has just
 uncovered in the previous one only. Dense flow also bleeds an object's motion a few pixels into
 the background around it, so with the
@@ -16,10 +18,10 @@ frames given a pixel is also checked photometrically: it stays foreground eviden
 the background planes do not predict its colour in the next frame better than its own flow
 does (local mean absolute grey difference, ``photometric_margin`` grey levels of slack).
 
-The evidence is made consistent over time: each frame's foreground is the vote of the frames
-within ``vote_radius``, carried to it along the chained flow (a flicker of noise on a wall does
-not survive the vote; an object moving through the frames does), then regions smaller than
-``min_component`` of the frame are dropped. When the result holds no object — less than
+The evidence is made consistent over time: regions smaller than ``min_component`` of the frame
+are dropped, and a region is kept only when it recurs near its place in ``vote_fraction`` of
+the frames within ``vote_radius`` (:func:`persistent`; a flicker of noise on a wall does not,
+an object moving through the frames does, however fast). When the result holds no object — less than
 ``min_object_fraction`` of the frame in more than ``1 - min_presence`` of the frames, or more
 than ``max_object_fraction`` of it on average — :class:`NoObjectError` (a row error) says so and
 asks for the row's ``mask_uri``, instead of bootstrapping a confident alpha on the background.
@@ -107,7 +109,7 @@ def background_planes(flow: np.ndarray, valid: np.ndarray, config: SegmentationC
     planes: list[np.ndarray] = []
     best = np.full((h, w), np.inf, np.float32)
     explained = np.zeros(len(src), bool)
-    ransac = max(0.5, threshold_px)
+    ransac = config.plane_ransac_px
     for k in range(config.background_planes):
         rest = ~explained
         if rest.sum() < 16:
@@ -130,40 +132,34 @@ def background_planes(flow: np.ndarray, valid: np.ndarray, config: SegmentationC
     return PairModel(planes, best, max(threshold_px, config.noise_factor * noise))
 
 
-def _sample(image: np.ndarray, pos_x: np.ndarray, pos_y: np.ndarray, outside: float | None = None) -> np.ndarray:
-    """Bilinear samples of image [H, W] at float32 positions; ``outside`` beyond the frame (None: edge value)."""
-    border = cv2.BORDER_REPLICATE if outside is None else cv2.BORDER_CONSTANT
-    return cv2.remap(image.astype(np.float32), pos_x, pos_y, cv2.INTER_LINEAR, borderMode=border,
-                     borderValue=0.0 if outside is None else outside)
+def persistent(masks: np.ndarray, radius: int, reach_px: float, fraction: float, overlap: float = 0.3
+               ) -> np.ndarray:
+    """bool [T, H, W]: the connected regions of masks [T, H, W] that recur in the frames around them.
 
-
-def temporal_vote(evidence: np.ndarray, forward: np.ndarray, backward: np.ndarray, radius: int) -> np.ndarray:
-    """float32 [T, H, W]: the mean evidence of frames within ``radius``, carried along the chained flow.
-
-    evidence: bool [T, H, W]; forward/backward: float32 [T-1, H, W, 2] (``backward[t]`` takes
-    frame t + 1 to frame t). Frames the chain leaves the picture for do not vote.
+    A region of frame t recurs in frame s (``|s - t| <= radius``) when ``overlap`` of its area
+    is covered by frame s's mask within ``reach_px x |s - t|`` pixels of it (a box grown that
+    far: no flow is trusted, so an object moving fast still counts); it is kept when it recurs
+    in ``fraction`` of those frames. Flicker — noise on a textured wall — does not recur.
     """
-    t_n, h, w = evidence.shape
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    ev = evidence.astype(np.float32)
-    out = np.empty_like(ev)
+    t_n = len(masks)
+    out = np.zeros_like(masks)
     for t in range(t_n):
-        total, count = ev[t].copy(), np.ones((h, w), np.float32)
-        for direction, fields in ((1, forward), (-1, backward)):
-            px, py = gx.copy(), gy.copy()
-            alive = np.ones((h, w), bool)
-            for k in range(1, radius + 1):
-                s = t + direction * k
-                if not 0 <= s < t_n:
-                    break
-                f = fields[s - 1] if direction == 1 else fields[s]  # flow from frame s -/+ 1 to s
-                dx, dy = _sample(f[..., 0], px, py), _sample(f[..., 1], px, py)
-                px, py = px + dx, py + dy
-                vote = _sample(ev[s], px, py, outside=-1.0)
-                alive &= vote >= 0
-                total += np.where(alive, vote, 0.0)
-                count += alive
-        out[t] = total / count
+        n, labels = cv2.connectedComponents(masks[t].astype(np.uint8), connectivity=8)
+        others = [s for s in range(max(0, t - radius), min(t_n, t + radius + 1)) if s != t]
+        if not others:
+            out[t] = masks[t]
+            continue
+        for k in range(1, n):
+            region = labels == k
+            area = int(region.sum())
+            hits = 0
+            for s in others:
+                grow = max(1, int(round(reach_px * abs(s - t))))
+                near = cv2.dilate(region.astype(np.uint8), cv2.getStructuringElement(
+                    cv2.MORPH_RECT, (2 * grow + 1, 2 * grow + 1))) > 0
+                hits += int((masks[s] & near).sum() >= overlap * area)
+            if hits >= fraction * len(others):
+                out[t] |= region
     return out
 
 
@@ -182,7 +178,9 @@ def frame_evidence(flow: np.ndarray, valid: np.ndarray, config: SegmentationConf
     evidence = model.residual > model.threshold
     if grey_a is not None and grey_b is not None:
         by_planes, by_flow = photometric_errors(grey_a, grey_b, flow, model.planes)
-        evidence &= by_planes + config.photometric_margin >= by_flow
+        # colour the planes cannot explain is evidence even where the flow lost a fast object
+        unexplained = by_planes > max(config.photometric_min, config.noise_factor * float(np.median(by_planes)))
+        evidence = (evidence | unexplained) & (by_planes + config.photometric_margin >= by_flow)
     return evidence
 
 
@@ -212,9 +210,9 @@ def segment(forward: np.ndarray, backward: np.ndarray, forward_valid: np.ndarray
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
     cleaned = np.stack([cv2.morphologyEx(cv2.morphologyEx(e.astype(np.uint8), cv2.MORPH_OPEN, kernel),
                                          cv2.MORPH_CLOSE, kernel) > 0 for e in evidence])
-    votes = temporal_vote(cleaned, forward, backward, config.vote_radius)
     min_pixels = max(1, int(config.min_component * h * w))
-    masks = np.stack([drop_small(v >= config.vote_fraction, min_pixels) for v in votes])
+    cleaned = np.stack([drop_small(c, min_pixels) for c in cleaned])
+    masks = persistent(cleaned, config.vote_radius, config.reach * max(h, w), config.vote_fraction)
     check_object(masks, config)
     return masks
 

@@ -124,9 +124,10 @@ class AtlasStage(Stage):
         cfg, options = self.config, self.context.storage
         t, h, w = frames.shape[:3]
         start = time.perf_counter()
-        flow = dense_flow(frames, cfg.flow, cfg.flow_consistency_px, cfg.tracker if cfg.tracker.enabled else None)
+        tracker = cfg.tracker if cfg.tracker.enabled else None
+        flow = dense_flow(frames, cfg.flow, cfg.flow_consistency_px, tracker)
         masks, source = row_masks(row, flow, (t, h, w), cfg.mask_source, cfg.motion_threshold_px, options,
-                                  cfg.segmentation)
+                                  cfg.segmentation, frames, tracker)
         if self.device is None:
             self.setup()
         device = self.device

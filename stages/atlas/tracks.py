@@ -99,3 +99,58 @@ def tracked_motion_field(ga: np.ndarray, gb: np.ndarray, settings: TrackerSettin
         field[region, 0] = (aff[0, 0] * xs + aff[0, 1] * ys + aff[0, 2] - xs)[region]
         field[region, 1] = (aff[1, 0] * xs + aff[1, 1] * ys + aff[1, 2] - ys)[region]
     return field
+
+
+def object_motion(ga: np.ndarray, gb: np.ndarray, mask: np.ndarray, settings: TrackerSettings
+                  ) -> np.ndarray | None:
+    """Similarity [2, 3] taking the masked object of grey frame ``ga`` to its place in ``gb``, or None.
+
+    Coarse: the object's pixels (bool ``mask`` [H, W]) are matched as a masked template over a
+    window ``search`` x the larger side around their box (sum of squared differences, every
+    shift: fast motion cannot lose it). Fine: grid points inside the eroded mask are tracked by
+    LK started at that shift, checked forward-backward, and a RANSAC similarity (rotation, scale,
+    shift: better conditioned than a full affine on a small, striped object) is fitted to them
+    (the shift alone when fewer than ``min_cluster`` survive).
+    """
+    h, w = ga.shape
+    ys, xs = np.nonzero(mask)
+    if len(xs) < 4:
+        return None
+    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    reach = max(4, int(round(settings.search * max(h, w))))
+    sx0, sy0 = max(0, x0 - reach), max(0, y0 - reach)
+    sx1, sy1 = min(w, x1 + reach), min(h, y1 + reach)
+    template = ga[y0:y1, x0:x1]
+    weight = mask[y0:y1, x0:x1].astype(np.uint8)
+    window = gb[sy0:sy1, sx0:sx1]
+    if window.shape[0] < template.shape[0] or window.shape[1] < template.shape[1]:
+        return None
+    score = cv2.matchTemplate(window, template, cv2.TM_SQDIFF, mask=weight)
+    score = np.where(np.isfinite(score), score, np.inf)
+    my, mx = np.unravel_index(int(np.argmin(score)), score.shape)
+    shift = np.array([sx0 + mx - x0, sy0 + my - y0], np.float32)
+    inner = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    spacing = max(1.0, float(np.sqrt(max(int(inner.sum()), 1) / 400)))
+    gy, gx = np.mgrid[y0:y1:spacing, x0:x1:spacing]
+    gy, gx = np.round(gy).astype(int).ravel(), np.round(gx).astype(int).ravel()
+    keep = inner[np.clip(gy, 0, h - 1), np.clip(gx, 0, w - 1)]
+    pts = np.stack([gx[keep], gy[keep]], -1).astype(np.float32)
+    translation = np.array([[1, 0, shift[0]], [0, 1, shift[1]]], np.float64)
+    if len(pts) < settings.min_cluster:
+        return translation
+    side = int(min(settings.window, max(7, min(x1 - x0, y1 - y0) // 4))) | 1  # windows mostly on the object
+    params = dict(winSize=(side, side), maxLevel=1,
+                  criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
+    guess = (pts + shift)[:, None].copy()
+    fwd, ok_f, _ = cv2.calcOpticalFlowPyrLK(ga, gb, pts[:, None], guess, flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
+                                            **params)
+    back, ok_b, _ = cv2.calcOpticalFlowPyrLK(gb, ga, fwd, pts[:, None].copy(), flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
+                                             **params)
+    good = (ok_f[:, 0] == 1) & (ok_b[:, 0] == 1) & (np.linalg.norm(back[:, 0] - pts, axis=-1) <= settings.fb_px)
+    if good.sum() < settings.min_cluster:
+        return translation
+    model, inl = cv2.estimateAffinePartial2D(pts[good], fwd[good, 0], method=cv2.RANSAC,
+                                             ransacReprojThreshold=settings.ransac_px)
+    if model is None or int(inl.sum()) < settings.min_cluster:
+        return translation
+    return model
