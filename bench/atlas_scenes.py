@@ -1,9 +1,9 @@
 """Synthetic scenes with exact ground truth for the atlas segmentation and motion checks.
 
-* :func:`parallax_scene` — a camera moving over two textured planes at different depths
-  (the far plane fills the top of the frame, the near one the bottom and moves ``parallax``
-  times faster: one similarity or homography cannot carry both), plus an independently
-  moving textured ellipse.
+* :func:`parallax_scene` — a camera moving past two textured planes at different depths (a
+  near band across the middle of the frame, moving ``parallax`` times faster than the far
+  plane seen above and below it: the motion is not monotonic in y, so no single similarity or
+  homography carries both), plus an independently moving textured ellipse.
 * :func:`fast_object_scene` — a slowly panning background and an ellipse circling the frame
   at ``speed_px`` pixels per frame.
 
@@ -65,13 +65,15 @@ def parallax_scene(width: int = 128, height: int = 96, num_frames: int = 12, cam
                    parallax: float = 3.0, seed: int = 0) -> Scene:
     """Two planes under a panning camera (far: ``camera_px``/frame, near: ``parallax`` x that) and an object.
 
-    The far plane covers the top ~45 % of the frame, the near plane the rest (a horizon); the
-    object, an ellipse a fifth of the height tall, moves diagonally against both planes.
+    The near plane is the band from 30 % to 70 % of the height (a wall, a fence), the far plane
+    shows above and below it; the object, an ellipse a fifth of the height tall, moves
+    diagonally against both planes.
     """
     t = np.arange(num_frames, dtype=np.float64)[:, None]
     far = np.concatenate([-camera_px * t, 0.15 * camera_px * t], 1)
     near = np.concatenate([-parallax * camera_px * t, 0.15 * parallax * camera_px * t], 1)
-    rows = (np.arange(height) >= int(0.45 * height)).astype(np.int8)
+    y = np.arange(height)
+    rows = ((y >= int(0.3 * height)) & (y < int(0.7 * height))).astype(np.int8)
     axes = (0.14 * width, 0.1 * height + 2)
     start = np.array([0.3 * width, 0.5 * height])
     centres = start + t * np.array([1.6, -0.8]) * camera_px * 1.5

@@ -47,21 +47,16 @@ def test_parallax_planes_are_background_and_the_object_foreground(parallax):
         on_plane = (scene.planes == plane) & ~edge
         assert (masks & on_plane).sum() / on_plane.sum() <= 0.02, plane
     iou = (masks & truth).sum() / (masks | truth).sum()
-    assert iou >= 0.6, iou
+    assert iou >= 0.75, iou
 
 
 def test_one_plane_model_would_mark_the_near_plane(parallax):
-    """The check above can fail: with one plane and no photometric test, parallax is 'foreground'."""
+    """The check above can fail: with one background plane, the near band is 'foreground'."""
     scene, flow = parallax
-    cfg = SegmentationConfig(background_planes=1, plane_ransac_px=0.3, photometric_margin=255.0,
-                             max_object_fraction=1.0)
-    try:
-        masks = motion_masks(flow, threshold_px=0.5, config=cfg)
-    except NoObjectError:
-        return  # refusing is also not labelling the planes foreground
+    masks = motion_masks(flow, config=SegmentationConfig(background_planes=1), frames=scene.frames)
     edge = np.stack([cv2.dilate(m.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0 for m in scene.masks])
-    near, far = (scene.planes == 1) & ~edge, (scene.planes == 0) & ~edge
-    assert max((masks & near).sum() / near.sum(), (masks & far).sum() / far.sum()) > 0.02
+    near = (scene.planes == 1) & ~edge
+    assert (masks & near).sum() / near.sum() > 0.3
 
 
 @pytest.mark.parametrize("guided", [True, False])

@@ -105,6 +105,8 @@ class SegmentationConfig:
     plane_min_extent: float = 0.5  # ... and span this fraction of the frame's width or height (objects are compact)
     photometric_margin: float = 2.0  # grey levels the background planes may lose by and still claim a pixel
     photometric_min: float = 8.0  # grey levels of colour the planes mispredict that alone mark foreground
+    texture_min: float = 2.0  # grey levels per pixel of local gradient below which the flow is not evidence
+    misregistration_px: float = 1.5  # colour errors a shift this large explains (gradient x shift) are not evidence
     noise_factor: float = 3.0  # threshold at least this x the background's median residual (flow noise)
     vote_radius: int = 2  # temporal consistency: frames on each side a region must recur in
     vote_fraction: float = 0.5  # ... in this fraction of them

@@ -18,6 +18,12 @@ frames given a pixel is also checked photometrically: it stays foreground eviden
 the background planes do not predict its colour in the next frame better than its own flow
 does (local mean absolute grey difference, ``photometric_margin`` grey levels of slack).
 
+Flow in flat areas (sky, snow, a plain wall) is only interpolated from their edges, so the flow
+residual counts only where the frame has ``texture_min`` grey levels per pixel of gradient, and
+colour counts only beyond what a ``misregistration_px`` shift of that gradient explains; holes
+in a region (a flat object's interior) are filled. The first plane is fitted to the samples near
+the frame's border, which show the background even when the camera follows a large object.
+
 The evidence is made consistent over time: regions smaller than ``min_component`` of the frame
 are dropped, and a region is kept only when it recurs near its place in ``vote_fraction`` of
 the frames within ``vote_radius`` (:func:`persistent`; a flicker of noise on a wall does not,
@@ -76,6 +82,14 @@ def touched_borders(xs: np.ndarray, ys: np.ndarray, members: np.ndarray, width: 
     return count
 
 
+def gradient_magnitude(grey: np.ndarray) -> np.ndarray:
+    """Local mean |grad| of a grey uint8 image [H, W], grey levels per pixel, float32 [H, W]."""
+    g = grey.astype(np.float32)
+    gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3) / 8.0
+    gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+    return cv2.blur(np.hypot(gx, gy), (5, 5))
+
+
 def photometric_errors(grey_a: np.ndarray, grey_b: np.ndarray, flow: np.ndarray, planes: list[np.ndarray]
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Local mean |a(p) - b(q)| (grey levels, float32 [H, W]) with q from the planes (best) and from the flow."""
@@ -110,20 +124,25 @@ def background_planes(flow: np.ndarray, valid: np.ndarray, config: SegmentationC
     best = np.full((h, w), np.inf, np.float32)
     explained = np.zeros(len(src), bool)
     ransac = config.plane_ransac_px
+    bx, by = BORDER_BAND * w, BORDER_BAND * h
+    border = (xs < bx) | (xs > w - 1 - bx) | (ys < by) | (ys > h - 1 - by)
     for k in range(config.background_planes):
         rest = ~explained
+        # the first plane is the one the frame's border shows (an object the camera follows fills the
+        # middle, however large); later ones are fitted to all samples no plane explains yet
+        pool = rest & border if k == 0 and (rest & border).sum() >= 16 else rest
         if rest.sum() < 16:
             break
-        hom, inl = cv2.findHomography(src[rest], dst[rest], cv2.RANSAC, ransac, maxIters=2000, confidence=0.995)
+        hom, _ = cv2.findHomography(src[pool], dst[pool], cv2.RANSAC, ransac, maxIters=2000, confidence=0.995)
         if hom is None:
             break
-        members = np.zeros(len(src), bool)
-        members[np.flatnonzero(rest)[inl[:, 0] == 1]] = True
+        residual = plane_residual(hom, flow)
+        members = rest & (residual[ys, xs] <= ransac)
         if k > 0 and (members.mean() < config.plane_min_fraction
                       or touched_borders(xs, ys, members, w, h) < 2):
             break
         planes.append(hom)
-        best = np.minimum(best, plane_residual(hom, flow))
+        best = np.minimum(best, residual)
         explained |= best[ys, xs] <= ransac
     if not planes:
         planes = [np.eye(3)]
@@ -163,6 +182,18 @@ def persistent(masks: np.ndarray, radius: int, reach_px: float, fraction: float,
     return out
 
 
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """bool [H, W] with every background region that does not reach the frame's border filled.
+
+    A flat object's interior gives no motion evidence (no texture); its outline does.
+    """
+    h, w = mask.shape
+    outside = np.pad(~mask, 1, constant_values=True).astype(np.uint8)
+    flood = np.zeros((h + 4, w + 4), np.uint8)
+    cv2.floodFill(outside, flood, (0, 0), 2)
+    return mask | (outside[1:-1, 1:-1] == 1)
+
+
 def drop_small(mask: np.ndarray, min_pixels: int) -> np.ndarray:
     """bool [H, W] without the connected regions smaller than ``min_pixels``."""
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
@@ -174,14 +205,20 @@ def drop_small(mask: np.ndarray, min_pixels: int) -> np.ndarray:
 def frame_evidence(flow: np.ndarray, valid: np.ndarray, config: SegmentationConfig, threshold_px: float,
                    grey_a: np.ndarray | None = None, grey_b: np.ndarray | None = None) -> np.ndarray:
     """bool [H, W]: pixels of frame a whose flow to frame b [H, W, 2] the background planes do not explain."""
-    model = background_planes(flow, valid, config, threshold_px)
-    evidence = model.residual > model.threshold
-    if grey_a is not None and grey_b is not None:
-        by_planes, by_flow = photometric_errors(grey_a, grey_b, flow, model.planes)
-        # colour the planes cannot explain is evidence even where the flow lost a fast object
-        unexplained = by_planes > max(config.photometric_min, config.noise_factor * float(np.median(by_planes)))
-        evidence = (evidence | unexplained) & (by_planes + config.photometric_margin >= by_flow)
-    return evidence
+    if grey_a is None or grey_b is None:
+        model = background_planes(flow, valid, config, threshold_px)
+        return model.residual > model.threshold
+    grad = gradient_magnitude(grey_a)
+    textured = grad >= config.texture_min
+    model = background_planes(flow, valid & textured, config, threshold_px)
+    # flow in flat areas (sky, snow, a plain wall) is interpolated from their edges: no evidence there
+    evidence = (model.residual > model.threshold) & textured
+    by_planes, by_flow = photometric_errors(grey_a, grey_b, flow, model.planes)
+    # colour the planes mispredict by more than a misregistration of ``threshold_px`` explains (error ~
+    # gradient x shift) is evidence even where the flow lost a fast object
+    floor = max(config.photometric_min, config.noise_factor * float(np.median(by_planes)))
+    unexplained = by_planes > np.maximum(floor, config.misregistration_px * grad)
+    return (evidence | unexplained) & (by_planes + config.photometric_margin >= by_flow)
 
 
 def segment(forward: np.ndarray, backward: np.ndarray, forward_valid: np.ndarray, backward_valid: np.ndarray,
@@ -211,7 +248,7 @@ def segment(forward: np.ndarray, backward: np.ndarray, forward_valid: np.ndarray
     cleaned = np.stack([cv2.morphologyEx(cv2.morphologyEx(e.astype(np.uint8), cv2.MORPH_OPEN, kernel),
                                          cv2.MORPH_CLOSE, kernel) > 0 for e in evidence])
     min_pixels = max(1, int(config.min_component * h * w))
-    cleaned = np.stack([drop_small(c, min_pixels) for c in cleaned])
+    cleaned = np.stack([fill_holes(drop_small(c, min_pixels)) for c in cleaned])
     masks = persistent(cleaned, config.vote_radius, config.reach * max(h, w), config.vote_fraction)
     check_object(masks, config)
     return masks
