@@ -3,9 +3,9 @@
 Per frame pair, the background is a small set of planes: RANSAC homographies fitted to the
 dense flow (sampled on a grid, valid pixels only), the first to all samples, each further one
 to the samples no accepted plane explains. A further plane is accepted only when it explains
-``plane_min_fraction`` of the samples *and* touches at least two frame borders — background
-planes (a road, distant mountains, a wall) run out of the frame, an object in the shot does
-not — so camera parallax between a near and a far plane is background, not foreground. A
+``plane_min_fraction`` of the samples *and* spans the frame (reaches two opposite borders) —
+background planes (a road, distant mountains, a wall) run across the frame, an object in the
+shot does not, even one the frame's corner cuts — so camera parallax between a near and a far plane is background, not foreground. A
 pixel's residual is its distance in pixels from the best plane's prediction; it is evidence of
 foreground above ``max(threshold_px, noise_factor x median residual)`` (the flow's own noise).
 A pixel whose colour the planes mispredict by more than ``max(photometric_min, noise_factor x
@@ -72,14 +72,19 @@ def plane_residual(hom: np.ndarray, flow: np.ndarray) -> np.ndarray:
     return np.hypot(xs + flow[..., 0] - px, ys + flow[..., 1] - py).astype(np.float32)
 
 
-def touched_borders(xs: np.ndarray, ys: np.ndarray, members: np.ndarray, width: int, height: int) -> int:
-    """How many frame borders a set of samples (bool ``members`` of sample positions) reaches."""
-    count = 0
+def spans_frame(xs: np.ndarray, ys: np.ndarray, members: np.ndarray, width: int, height: int) -> bool:
+    """Whether a set of samples (bool ``members`` of sample positions) reaches two opposite frame borders.
+
+    It reaches a border when it holds ``BORDER_COVER`` of the samples in that border's band. A
+    background plane runs across the frame (left to right, or top to bottom); an object in the
+    shot, even a large one cut by the frame's corner, does not.
+    """
     bx, by = BORDER_BAND * width, BORDER_BAND * height
-    for band in (xs < bx, xs > width - 1 - bx, ys < by, ys > height - 1 - by):
-        if band.sum() and members[band].mean() >= BORDER_COVER:
-            count += 1
-    return count
+
+    def reaches(band: np.ndarray) -> bool:
+        return bool(band.sum()) and float(members[band].mean()) >= BORDER_COVER
+
+    return (reaches(xs < bx) and reaches(xs > width - 1 - bx)) or (reaches(ys < by) and reaches(ys > height - 1 - by))
 
 
 def gradient_magnitude(grey: np.ndarray) -> np.ndarray:
@@ -139,7 +144,7 @@ def background_planes(flow: np.ndarray, valid: np.ndarray, config: SegmentationC
         residual = plane_residual(hom, flow)
         members = rest & (residual[ys, xs] <= ransac)
         if k > 0 and (members.mean() < config.plane_min_fraction
-                      or touched_borders(xs, ys, members, w, h) < 2):
+                      or not spans_frame(xs, ys, members, w, h)):
             break
         planes.append(hom)
         best = np.minimum(best, residual)
