@@ -1,36 +1,35 @@
 """Motion segmentation of a clip without a mask: the object is what the background model cannot explain.
 
-Per frame pair, the background is a small set of planes: RANSAC homographies fitted to the
-dense flow (sampled on a grid, valid pixels only), the first to all samples, each further one
-to the samples no accepted plane explains. A further plane is accepted only when it explains
-``plane_min_fraction`` of the samples *and* spans the frame (reaches two opposite borders) —
-background planes (a road, distant mountains, a wall) run across the frame, an object in the
-shot does not, even one the frame's corner cuts — so camera parallax between a near and a far plane is background, not foreground. A
-pixel's residual is its distance in pixels from the best plane's prediction; it is evidence of
-foreground above ``max(threshold_px, noise_factor x median residual)`` (the flow's own noise).
-A pixel whose colour the planes mispredict by more than ``max(photometric_min, noise_factor x
-median)`` grey levels is evidence too, so an object the dense flow lost (fast motion) is still
-found. Each frame is judged against both neighbours and a pixel is evidence only when both agree: the
-strip an object is about to cover is occluded in the next frame only, the strip it has just
-uncovered in the previous one only. Dense flow also bleeds an object's motion a few pixels into
-the background around it, so with the
-frames given a pixel is also checked photometrically: it stays foreground evidence only when
-the background planes do not predict its colour in the next frame better than its own flow
-does (local mean absolute grey difference, ``photometric_margin`` grey levels of slack).
+Background model, per frame pair: a small set of planes, RANSAC homographies fitted to the
+dense flow of textured pixels (sampled on a grid, valid flow only). The first is fitted to the
+samples near the frame's border, which show the background even when the camera follows a
+large object; each further one to the samples no plane explains yet, and it is accepted only
+when it explains ``plane_min_fraction`` of the samples *and* spans the frame (reaches two
+opposite borders): background planes (a road, distant mountains, a wall) run across the frame,
+an object in the shot does not, even one the frame's corner cuts. So camera parallax between a
+near and a far plane is background, not foreground.
 
-Flow in flat areas (sky, snow, a plain wall) is only interpolated from their edges, so the flow
-residual counts only where the frame has ``texture_min`` grey levels per pixel of gradient, and
-colour counts only beyond what a ``misregistration_px`` shift of that gradient explains; holes
-in a region (a flat object's interior) are filled. The first plane is fitted to the samples near
-the frame's border, which show the background even when the camera follows a large object.
+Evidence: a pixel's residual is its distance in pixels from the best plane's prediction; on a
+textured pixel (``texture_min`` grey levels per pixel of gradient: flow in flat areas is only
+interpolated) it is evidence above ``max(threshold_px, noise_factor x median residual)``. A
+pixel whose colour the planes mispredict by more than ``max(photometric_min, noise_factor x
+median)`` grey levels and more than a ``misregistration_px`` shift of its gradient explains is
+evidence too, so an object the dense flow lost (fast motion) is still found. Either way a pixel
+stays evidence only when the planes do not predict its colour better than its own flow does
+(``photometric_margin`` grey levels of slack): dense flow bleeds an object's motion a few
+pixels into the background around it. Each frame is judged against both neighbours and a
+pixel must be evidence both ways: the strip an object is about to cover is occluded in the
+next frame only, the strip it has just uncovered in the previous one only.
 
-The evidence is made consistent over time: regions smaller than ``min_component`` of the frame
-are dropped, and a region is kept only when it recurs near its place in ``vote_fraction`` of
-the frames within ``vote_radius`` (:func:`persistent`; a flicker of noise on a wall does not,
-an object moving through the frames does, however fast). When the result holds no object — less than
+Consistency over time: holes are filled (a flat object's interior gives no evidence, its
+outline does), regions smaller than ``min_component`` of the frame dropped, and a region is
+kept only when it recurs near its place in ``vote_fraction`` of the frames within
+``vote_radius`` (:func:`persistent`; a flicker of noise on a wall does not, an object moving
+through the frames does, however fast). When the result holds no object (less than
 ``min_object_fraction`` of the frame in more than ``1 - min_presence`` of the frames, or more
-than ``max_object_fraction`` of it on average — :class:`NoObjectError` (a row error) says so and
-asks for the row's ``mask_uri``, instead of bootstrapping a confident alpha on the background.
+than ``max_object_fraction`` of it on average) :class:`NoObjectError`, a row error, says so
+and asks for the row's ``mask_uri``, instead of bootstrapping a confident alpha on the
+background.
 """
 
 from __future__ import annotations
