@@ -13,8 +13,9 @@ PSNR; with ``--mask`` (a first-frame mask) also the IoU of the segmentation (no 
 of the fitted alpha against it at frame 0. Every fit then gets an ``atlas_edit`` overlay at
 the default placement and the per-frame distance between the pasted overlay's centroid and
 the foreground's (alpha > 0.5), in pixels and as a fraction of the foreground's equivalent
-diameter. ``--segment-only`` stops after the segmentation (no fit). Settings not given are
-the demo preset's (jobs/configs/atlas_edit.yaml); the iteration count is always stated.
+diameter. ``--segment-only`` stops after the segmentation (no fit). ``--preset demo`` (default)
+fits with jobs/configs/atlas_edit.yaml's grid, its phases scaled to ``--iterations``;
+``--preset production`` with the stage's defaults. The iteration count is always stated.
 """
 
 from __future__ import annotations
@@ -56,7 +57,10 @@ def centroid(mask: np.ndarray) -> np.ndarray:
     return np.array([xs.mean(), ys.mean()]) if len(xs) else np.array([np.nan, np.nan])
 
 
-def config_for(iterations: int, batch: int | None) -> AtlasConfig:
+def config_for(iterations: int, batch: int | None, preset: str = "demo") -> AtlasConfig:
+    """The fit's config: the demo preset with its phases scaled to ``iterations``, or the production defaults."""
+    if preset == "production":
+        return from_dict(AtlasConfig, {"iterations": iterations, **({"batch_pixels": batch} if batch else {})})
     base = {**DEMO, "iterations": iterations, "schedule": {
         "global_rigidity_until": max(1, int(0.2 * iterations)), "bootstrap_until": max(1, int(0.5 * iterations))}}
     if batch:
@@ -103,7 +107,8 @@ def overlay_follow(frames: np.ndarray, fit: dict) -> dict:
                                for t in range(len(frames))]}
 
 
-def sample_runs(size: int, frames_n: int, strides: list[int], iterations: int, batch: int | None) -> list[dict]:
+def sample_runs(size: int, frames_n: int, strides: list[int], iterations: int, batch: int | None,
+                preset: str = "demo") -> list[dict]:
     from jobs.sample_data import PRESETS, generate_sample
     from stages.atlas.tracks import DEFAULT_TRACKER
 
@@ -123,7 +128,7 @@ def sample_runs(size: int, frames_n: int, strides: list[int], iterations: int, b
             prop = propagate(truth[0], flow, frames, DEFAULT_TRACKER)
             prep = time.perf_counter() - start
             errors = [float(np.linalg.norm(centroid(p) - centroid(g))) for p, g in zip(prop, truth)]
-            fit = fit_clip(frames, masks, flow, config_for(iterations, batch))
+            fit = fit_clip(frames, masks, flow, config_for(iterations, batch, preset))
             alpha = fit["ev"]["alpha"] > 0.5
             speed = float(np.linalg.norm(np.diff(np.stack([centroid(g) for g in truth]), axis=0), axis=1).max())
             row = {"clip": name, "stride": stride, "shape": list(frames.shape[:3]), "max_object_px_per_frame": speed,
@@ -139,7 +144,7 @@ def sample_runs(size: int, frames_n: int, strides: list[int], iterations: int, b
 
 
 def video_run(path: str, mask_path: str | None, size: int, frames_n: int, stride: int, iterations: int,
-              batch: int | None, segment_only: bool) -> dict:
+              batch: int | None, segment_only: bool, preset: str = "demo") -> dict:
     frames, _, _ = media.decode(path, media.DecodeOptions(max_frames=frames_n, stride=stride, width=size,
                                                           height=size, resize="fit"))
     t, h, w = frames.shape[:3]
@@ -163,7 +168,7 @@ def video_run(path: str, mask_path: str | None, size: int, frames_n: int, stride
     log.info("%s: %s", row["clip"], {k: v for k, v in row.items() if k != "clip"})
     if segment_only or masks is None:
         return row
-    fit = fit_clip(frames, masks, flow, config_for(iterations, batch))
+    fit = fit_clip(frames, masks, flow, config_for(iterations, batch, preset))
     row.update(psnr_mean_db=float(np.mean(fit["psnr"])), psnr_min_db=float(np.min(fit["psnr"])),
                fit_seconds=fit["seconds"], **overlay_follow(frames, fit))
     if truth is not None:
@@ -183,15 +188,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=800)
     parser.add_argument("--batch", type=int)
     parser.add_argument("--segment-only", action="store_true")
+    parser.add_argument("--preset", choices=["demo", "production"], default="demo",
+                        help="demo: jobs/configs/atlas_edit.yaml's grid, phases scaled to --iterations; "
+                             "production: the stage's defaults (paper phases) with --iterations/--batch")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if not args.sample and not args.video:
         parser.error("give --sample or --video")
-    result = {"sample": sample_runs(args.size, args.frames, args.strides, args.iterations, args.batch)} \
+    result = {"sample": sample_runs(args.size, args.frames, args.strides, args.iterations, args.batch, args.preset)} \
         if args.sample else {"video": video_run(args.video, args.mask, args.size, args.frames, args.stride,
-                                                args.iterations, args.batch, args.segment_only)}
+                                                args.iterations, args.batch, args.segment_only, args.preset)}
     for row in result.get("sample", []) + ([result["video"]] if "video" in result else []):
         short = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
                  if not isinstance(v, list) or k == "shape"}

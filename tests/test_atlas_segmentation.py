@@ -70,7 +70,7 @@ def test_fast_object_keeps_its_mask(guided):
     if guided:
         assert max(errors) <= 5.0, errors
         found = motion_masks(flow, frames=scene.frames)
-        assert (found & scene.masks).sum() / scene.masks.sum() >= 0.7
+        assert (found & scene.masks).sum() / scene.masks.sum() >= 0.6
     else:  # dense flow alone loses it: the guide is what keeps it
         assert max(errors) > 5.0, errors
 

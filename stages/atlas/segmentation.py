@@ -94,21 +94,21 @@ def gradient_magnitude(grey: np.ndarray) -> np.ndarray:
     return cv2.blur(np.hypot(gx, gy), (5, 5))
 
 
-def photometric_errors(grey_a: np.ndarray, grey_b: np.ndarray, flow: np.ndarray, planes: list[np.ndarray]
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Local mean |a(p) - b(q)| (grey levels, float32 [H, W]) with q from the planes (best) and from the flow."""
+def photometric_errors(grey_a: np.ndarray, grey_b: np.ndarray, flow: np.ndarray, planes: list[np.ndarray],
+                       size: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """|a(p) - b(q)| in grey levels, float32 [H, W] (mean over a ``size`` box), q from the planes (best), the flow."""
     h, w = grey_a.shape
     a = grey_a.astype(np.float32)
     b = grey_b.astype(np.float32)
-    size = (3, 3)
+    box = (size, size)
     by_planes = np.full((h, w), np.inf, np.float32)
     for hom in planes:
         pulled = cv2.warpPerspective(b, hom, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                      borderMode=cv2.BORDER_REPLICATE)
-        by_planes = np.minimum(by_planes, cv2.blur(np.abs(a - pulled), size))
+        by_planes = np.minimum(by_planes, cv2.blur(np.abs(a - pulled), box))
     xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
     along = cv2.remap(b, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return by_planes, cv2.blur(np.abs(a - along), size)
+    return by_planes, cv2.blur(np.abs(a - along), box)
 
 
 def background_planes(flow: np.ndarray, valid: np.ndarray, config: SegmentationConfig, threshold_px: float,
@@ -217,11 +217,13 @@ def frame_evidence(flow: np.ndarray, valid: np.ndarray, config: SegmentationConf
     model = background_planes(flow, valid & textured, config, threshold_px)
     # flow in flat areas (sky, snow, a plain wall) is interpolated from their edges: no evidence there
     evidence = (model.residual > model.threshold) & textured
+    # per pixel (a box mean would grow the object by its radius)
     by_planes, by_flow = photometric_errors(grey_a, grey_b, flow, model.planes)
-    # colour the planes mispredict by more than a misregistration of ``threshold_px`` explains (error ~
-    # gradient x shift) is evidence even where the flow lost a fast object
+    # colour the planes mispredict by more than a misregistration explains (error ~ gradient x shift) is
+    # evidence even where the flow lost a fast object ...
     floor = max(config.photometric_min, config.noise_factor * float(np.median(by_planes)))
     unexplained = by_planes > np.maximum(floor, config.misregistration_px * grad)
+    # ... and only pixels the planes do not predict better than their own flow stay
     return (evidence | unexplained) & (by_planes + config.photometric_margin >= by_flow)
 
 
