@@ -112,6 +112,7 @@ class SegmentationConfig:
     vote_fraction: float = 0.5  # ... in this fraction of them
     reach: float = 0.15  # ... within this fraction of the larger side per frame of distance
     min_component: float = 0.002  # connected regions smaller than this fraction of the frame are dropped
+    fill_ratio: float = 0.9  # frames with less than this x the median mask area get the neighbour's mask carried
     min_object_fraction: float = 0.003  # less foreground than this (mean over frames): "no object found"
     max_object_fraction: float = 0.6  # more than this: no separable object either
     min_presence: float = 0.5  # the object must be found in at least this fraction of the frames

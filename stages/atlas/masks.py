@@ -138,13 +138,13 @@ def manifest_masks(url: str, flow: FlowField, shape: tuple[int, int, int], optio
 
 
 def motion_masks(flow: FlowField, threshold_px: float = 1.0, config: SegmentationConfig | None = None,
-                 frames: np.ndarray | None = None) -> np.ndarray:
+                 frames: np.ndarray | None = None, tracker: TrackerSettings | None = None) -> np.ndarray:
     """bool [T, H, W]: the object moving against the background planes (:mod:`stages.atlas.segmentation`).
 
     NoObjectError (a row error asking for ``mask_uri``) when no consistent moving object is found.
     """
     return segment(flow.forward, flow.backward, flow.forward_valid, flow.backward_valid,
-                   config or SegmentationConfig(), threshold_px, frames)
+                   config or SegmentationConfig(), threshold_px, frames, tracker)
 
 
 def row_masks(row: dict, flow: FlowField, shape: tuple[int, int, int], source: str, threshold_px: float,
@@ -158,7 +158,7 @@ def row_masks(row: dict, flow: FlowField, shape: tuple[int, int, int], source: s
         raise MaskError("atlas.mask_source is 'manifest' but the row has no mask_uri")
     if uri and source in ("auto", "manifest"):
         return manifest_masks(uri, flow, shape, options, frames, tracker), "manifest"
-    return motion_masks(flow, threshold_px, segmentation, frames), "motion"
+    return motion_masks(flow, threshold_px, segmentation, frames, tracker), "motion"
 
 
 

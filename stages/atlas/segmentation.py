@@ -25,7 +25,9 @@ Consistency over time: holes are filled (a flat object's interior gives no evide
 outline does), regions smaller than ``min_component`` of the frame dropped, and a region is
 kept only when it recurs near its place in ``vote_fraction`` of the frames within
 ``vote_radius`` (:func:`persistent`; a flicker of noise on a wall does not, an object moving
-through the frames does, however fast). When the result holds no object (less than
+through the frames does, however fast). An object that moves with the background for a moment
+leaves no evidence then: frames whose mask is under ``fill_ratio`` of the usual area get the
+neighbour's mask carried by the object tracker (:func:`fill_gaps`). When the result holds no object (less than
 ``min_object_fraction`` of the frame in more than ``1 - min_presence`` of the frames, or more
 than ``max_object_fraction`` of it on average) :class:`NoObjectError`, a row error, says so
 and asks for the row's ``mask_uri``, instead of bootstrapping a confident alpha on the
@@ -39,7 +41,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from stages.atlas.config import SegmentationConfig
+from stages.atlas.config import SegmentationConfig, TrackerSettings
+from stages.atlas.tracks import DEFAULT_TRACKER, object_motion
 
 BORDER_BAND = 0.08  # a border band is this fraction of the frame's side
 BORDER_COVER = 0.25  # a plane touches a border when it explains this fraction of the band's samples
@@ -228,10 +231,12 @@ def frame_evidence(flow: np.ndarray, valid: np.ndarray, config: SegmentationConf
 
 
 def segment(forward: np.ndarray, backward: np.ndarray, forward_valid: np.ndarray, backward_valid: np.ndarray,
-            config: SegmentationConfig, threshold_px: float = 1.0, frames: np.ndarray | None = None) -> np.ndarray:
+            config: SegmentationConfig, threshold_px: float = 1.0, frames: np.ndarray | None = None,
+            tracker: TrackerSettings | None = None) -> np.ndarray:
     """bool [T, H, W] foreground of a clip from its flow ([T-1, H, W, 2] each way, validity [T-1, H, W]).
 
-    frames: uint8 [T, H, W, 3] for the photometric check (None: flow residual only).
+    frames: uint8 [T, H, W, 3] for the photometric check and the gap filling (None: flow residual only);
+    tracker: the object tracker's settings for the gap filling (None: the defaults).
     Raises NoObjectError when no consistent moving object is found (see the module docstring).
     """
     n, h, w = forward.shape[:3]
@@ -256,8 +261,36 @@ def segment(forward: np.ndarray, backward: np.ndarray, forward_valid: np.ndarray
     min_pixels = max(1, int(config.min_component * h * w))
     cleaned = np.stack([fill_holes(drop_small(c, min_pixels)) for c in cleaned])
     masks = persistent(cleaned, config.vote_radius, config.reach * max(h, w), config.vote_fraction)
+    if frames is not None and config.fill_ratio > 0:
+        masks = fill_gaps(masks, grey, tracker or DEFAULT_TRACKER, config.fill_ratio)
     check_object(masks, config)
     return masks
+
+
+def fill_gaps(masks: np.ndarray, grey: list[np.ndarray], tracker: TrackerSettings, ratio: float) -> np.ndarray:
+    """bool [T, H, W]: frames where the object is (partly) missing get it carried from a neighbour.
+
+    An object that moves with the background for a moment (it stops, or the camera follows
+    it) leaves no motion evidence then. A frame whose mask is under ``ratio`` x the median area
+    of the frames that have one receives a larger neighbour's mask moved by the object tracker
+    (:func:`stages.atlas.tracks.object_motion`), united with its own; a forward then a backward
+    pass, so gaps at either end are filled from the frames that saw the object.
+    """
+    out = masks.copy()
+    areas = out.reshape(len(out), -1).sum(1)
+    if not (areas > 0).any():
+        return out
+    need = ratio * float(np.median(areas[areas > 0]))
+    h, w = out.shape[1:]
+    for order, step in ((range(1, len(out)), -1), (range(len(out) - 2, -1, -1), 1)):
+        for t in order:
+            prev = t + step
+            if out[t].sum() >= need or out[prev].sum() <= out[t].sum():
+                continue
+            model = object_motion(grey[prev], grey[t], out[prev], tracker)
+            if model is not None:
+                out[t] |= cv2.warpAffine(out[prev].astype(np.float32), model, (w, h), flags=cv2.INTER_LINEAR) > 0.5
+    return out
 
 
 def check_object(masks: np.ndarray, config: SegmentationConfig) -> None:
