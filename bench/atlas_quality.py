@@ -11,9 +11,9 @@ of the first true mask propagated through the clip (the ``mask_uri`` path), the 
 masks' IoU, and the mean reconstruction PSNR. ``--video`` fits a real clip and reports the
 PSNR; with ``--mask`` (a first-frame mask) also the IoU of the segmentation (no mask) and
 of the fitted alpha against it at frame 0. Every fit then gets an ``atlas_edit`` overlay at
-the default placement and the per-frame distance between the pasted overlay's centroid and
+the default placement and, per frame, the distance between the pasted overlay's centroid and
 the foreground's (alpha > 0.5), in pixels and as a fraction of the foreground's equivalent
-diameter. ``--segment-only`` stops after the segmentation (no fit). ``--preset demo`` (default)
+diameter, and the share of the overlay's pixels that lie on the foreground. ``--segment-only`` stops after the segmentation (no fit). ``--preset demo`` (default)
 fits with jobs/configs/atlas_edit.yaml's grid, its phases scaled to ``--iterations``;
 ``--preset production`` with the stage's defaults. The iteration count is always stated.
 """
@@ -95,16 +95,16 @@ def overlay_follow(frames: np.ndarray, fit: dict) -> dict:
     res = fit["fg"].shape[0]
     layer = place_overlay(overlay, overlay_matrix(atlas, AtlasEditConfig(), overlay.shape[:2], res), res, 1.0)
     edited = composite(frames, layer, ev["uv_fg"], ev["alpha"])
-    dist, rel = [], []
+    dist, rel, inside, pixels = [], [], [], []
     for t in range(len(frames)):
         changed = np.abs(edited[t].astype(int) - frames[t].astype(int)).sum(-1) > 60
         fg = ev["alpha"][t] > 0.5
         d = float(np.linalg.norm(centroid(changed) - centroid(fg))) if changed.any() and fg.any() else float("nan")
         dist.append(d)
         rel.append(d / max(1.0, 2.0 * np.sqrt(fg.sum() / np.pi)))
-    return {"overlay_to_fg_px": dist, "overlay_to_fg_rel": rel,
-            "overlay_pixels": [int((np.abs(edited[t].astype(int) - frames[t].astype(int)).sum(-1) > 60).sum())
-                               for t in range(len(frames))]}
+        inside.append(float((changed & fg).sum() / max(1, changed.sum())))
+        pixels.append(int(changed.sum()))
+    return {"overlay_to_fg_px": dist, "overlay_to_fg_rel": rel, "overlay_inside_fg": inside, "overlay_pixels": pixels}
 
 
 def sample_runs(size: int, frames_n: int, strides: list[int], iterations: int, batch: int | None,
@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         if "overlay_to_fg_px" in row:
             short["overlay_to_fg_px_max"] = round(float(np.nanmax(row["overlay_to_fg_px"])), 2)
             short["overlay_to_fg_rel_max"] = round(float(np.nanmax(row["overlay_to_fg_rel"])), 3)
+            short["overlay_inside_fg_min"] = round(float(np.min(row["overlay_inside_fg"])), 3)
+            short["overlay_pixels_min"] = int(np.min(row["overlay_pixels"]))
         print(json.dumps(short))
     if args.json:
         with open(args.json, "w") as handle:
