@@ -13,7 +13,8 @@ PSNR; with ``--mask`` (a first-frame mask) also the IoU of the segmentation (no 
 of the fitted alpha against it at frame 0. Every fit then gets an ``atlas_edit`` overlay at
 the default placement and, per frame, the distance between the pasted overlay's centroid and
 the foreground's (alpha > 0.5), in pixels and as a fraction of the foreground's equivalent
-diameter, and the share of the overlay's pixels that lie on the foreground. ``--segment-only`` stops after the segmentation (no fit). ``--preset demo`` (default)
+diameter, and the share of the overlay's pixels that lie on the foreground. ``--segment-only``
+stops after the segmentation (no fit). ``--preset demo`` (default)
 fits with jobs/configs/atlas_edit.yaml's grid, its phases scaled to ``--iterations``;
 ``--preset production`` with the stage's defaults. The iteration count is always stated.
 """
