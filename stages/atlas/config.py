@@ -102,7 +102,8 @@ class SegmentationConfig:
     background_planes: int = 2  # homographies the background may need (parallax: a near and a far plane)
     plane_ransac_px: float = 0.5  # inlier distance of a plane's RANSAC fit (tight: one plane per depth)
     plane_min_fraction: float = 0.15  # a further plane must explain this fraction of the frame's samples
-    plane_min_extent: float = 0.5  # ... and span this fraction of the frame's width or height (objects are compact)
+    border_band: float = 0.08  # border bands (first plane's samples; spanning test) are this fraction of a side
+    border_cover: float = 0.25  # a further plane reaches a border when it explains this share of the band
     photometric_margin: float = 2.0  # grey levels the background planes may lose by and still claim a pixel
     photometric_min: float = 8.0  # grey levels of colour the planes mispredict that alone mark foreground
     texture_min: float = 2.0  # grey levels per pixel of local gradient below which the flow is not evidence

@@ -44,8 +44,6 @@ import numpy as np
 from stages.atlas.config import SegmentationConfig, TrackerSettings
 from stages.atlas.tracks import DEFAULT_TRACKER, object_motion
 
-BORDER_BAND = 0.08  # a border band is this fraction of the frame's side
-BORDER_COVER = 0.25  # a plane touches a border when it explains this fraction of the band's samples
 NO_OBJECT_HINT = ("give the row a mask_uri (a first-frame mask image, 255 = object, or a mask video) "
                   "to choose the object")
 
@@ -74,17 +72,19 @@ def plane_residual(hom: np.ndarray, flow: np.ndarray) -> np.ndarray:
     return np.hypot(xs + flow[..., 0] - px, ys + flow[..., 1] - py).astype(np.float32)
 
 
-def spans_frame(xs: np.ndarray, ys: np.ndarray, members: np.ndarray, width: int, height: int) -> bool:
+def spans_frame(xs: np.ndarray, ys: np.ndarray, members: np.ndarray, width: int, height: int,
+                band: float = 0.08, cover: float = 0.25) -> bool:
     """Whether a set of samples (bool ``members`` of sample positions) reaches two opposite frame borders.
 
-    It reaches a border when it holds ``BORDER_COVER`` of the samples in that border's band. A
+    It reaches a border when it holds ``cover`` of the samples in that border's band (``band`` of
+    the frame's side). A
     background plane runs across the frame (left to right, or top to bottom); an object in the
     shot, even a large one cut by the frame's corner, does not.
     """
-    bx, by = BORDER_BAND * width, BORDER_BAND * height
+    bx, by = band * width, band * height
 
-    def reaches(band: np.ndarray) -> bool:
-        return bool(band.sum()) and float(members[band].mean()) >= BORDER_COVER
+    def reaches(strip: np.ndarray) -> bool:
+        return bool(strip.sum()) and float(members[strip].mean()) >= cover
 
     return (reaches(xs < bx) and reaches(xs > width - 1 - bx)) or (reaches(ys < by) and reaches(ys > height - 1 - by))
 
@@ -131,7 +131,7 @@ def background_planes(flow: np.ndarray, valid: np.ndarray, config: SegmentationC
     best = np.full((h, w), np.inf, np.float32)
     explained = np.zeros(len(src), bool)
     ransac = config.plane_ransac_px
-    bx, by = BORDER_BAND * w, BORDER_BAND * h
+    bx, by = config.border_band * w, config.border_band * h
     border = (xs < bx) | (xs > w - 1 - bx) | (ys < by) | (ys > h - 1 - by)
     for k in range(config.background_planes):
         rest = ~explained
@@ -146,7 +146,7 @@ def background_planes(flow: np.ndarray, valid: np.ndarray, config: SegmentationC
         residual = plane_residual(hom, flow)
         members = rest & (residual[ys, xs] <= ransac)
         if k > 0 and (members.mean() < config.plane_min_fraction
-                      or not spans_frame(xs, ys, members, w, h)):
+                      or not spans_frame(xs, ys, members, w, h, config.border_band, config.border_cover)):
             break
         planes.append(hom)
         best = np.minimum(best, residual)
