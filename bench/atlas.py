@@ -168,9 +168,12 @@ def main(argv: list[str] | None = None) -> int:
             {**base, "encoding": "pe", "iterations": args.pe_iterations}, args.pe_set), "--pe-set")
     device = resolve_device(args.device, num_gpus=float(cuda_available()), stage="bench.atlas")  # owns the machine
     start = time.perf_counter()
-    flow = dense_flow(frames)
+    fit_cfg = configs["hash"]
+    tracker = fit_cfg.tracker if fit_cfg.tracker.enabled else None
+    flow = dense_flow(frames, fit_cfg.flow, fit_cfg.flow_consistency_px, tracker)
     row = {"mask_uri": os.path.abspath(args.mask)} if args.mask else {}
-    masks, source = row_masks(row, flow, (t, h, w), "auto", configs["hash"].motion_threshold_px)
+    masks, source = row_masks(row, flow, (t, h, w), "auto", fit_cfg.motion_threshold_px, None,
+                              fit_cfg.segmentation, frames, tracker)
     log.info("%s: %dx%dx%d, flow + masks (%s) %.1f s", name, w, h, t, source, time.perf_counter() - start)
     data = FitData.build(frames, masks, flow, device, np.stack(layer_motions(flow, masks)))
     evals = {"hash": args.evals, "pe": args.pe_evals or args.evals}

@@ -149,7 +149,7 @@ def test_edit_lands_at_expected_pixels_and_moves_with_object(fitted, clip, tmp_p
     far = ~np.asarray(gt_masks(clip))[last]
     assert np.abs(edited[last][far].astype(int) - frames[last][far].astype(int)).max() <= 1
     assert storage.exists(out["outputs"]["edited_atlas"])
-    # the demo's own overlay, default placement (the foreground's centroid) works too
+    # the demo's own overlay, default placement (the point deepest inside the foreground) works too
     demo = edit_row(fitted, clip)
     assert demo["status"] == "pending", demo.get("error")
     assert np.abs(demo["edited_frames"].astype(int) - demo["frames"].astype(int)).max() > 100

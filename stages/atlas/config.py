@@ -76,6 +76,58 @@ class Schedule:
 
 
 @dataclass(frozen=True)
+class TrackerSettings:
+    """Coarse step of the coarse-to-fine flow: pyramidal LK grid tracks (stages/atlas/tracks.py)."""
+
+    enabled: bool = True  # off: the dense flow's own pyramid only (loses objects moving > ~10 px a frame)
+    levels: int = 5  # LK pyramid levels above the frame (each halves the size)
+    window: int = 21  # LK window side, pixels
+    max_points: int = 2500  # grid points tracked per frame pair
+    fb_px: float = 1.0  # forward-backward check of a track, pixels
+    ransac_px: float = 1.5  # inlier distance of the homography / affine fits, pixels
+    min_cluster: int = 8  # tracks a separately moving region needs
+    max_clusters: int = 3  # separately moving regions besides the background homography
+    region_margin: float = 0.03  # a cluster's hull is grown by this fraction of the larger side
+    search: float = 0.2  # a masked object is searched this fraction of the larger side around its box
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.levels <= 8 or self.window < 5 or self.max_points < 16:
+            raise ConfigError("tracker.levels must be 0..8, tracker.window >= 5, tracker.max_points >= 16")
+
+
+@dataclass(frozen=True)
+class SegmentationConfig:
+    """Motion segmentation without a mask_uri (stages/atlas/segmentation.py); pixels, fractions of the frame."""
+
+    background_planes: int = 2  # homographies the background may need (parallax: a near and a far plane)
+    plane_ransac_px: float = 0.5  # inlier distance of a plane's RANSAC fit (tight: one plane per depth)
+    plane_min_fraction: float = 0.15  # a further plane must explain this fraction of the frame's samples
+    border_band: float = 0.08  # border bands (first plane's samples; spanning test) are this fraction of a side
+    border_cover: float = 0.25  # a further plane reaches a border when it explains this share of the band
+    photometric_margin: float = 2.0  # grey levels the background planes may lose by and still claim a pixel
+    photometric_min: float = 8.0  # grey levels of colour the planes mispredict that alone mark foreground
+    texture_min: float = 2.0  # grey levels per pixel of local gradient below which the flow is not evidence
+    misregistration_px: float = 1.5  # colour errors a shift this large explains (gradient x shift) are not evidence
+    noise_factor: float = 3.0  # threshold at least this x the background's median residual (flow noise)
+    vote_radius: int = 2  # temporal consistency: frames on each side a region must recur in
+    vote_fraction: float = 0.5  # ... in this fraction of them
+    reach: float = 0.15  # ... within this fraction of the larger side per frame of distance
+    min_component: float = 0.002  # connected regions smaller than this fraction of the frame are dropped
+    fill_ratio: float = 0.9  # frames with less than this x the median mask area get the neighbour's mask carried
+    min_object_fraction: float = 0.003  # less foreground than this (mean over frames): "no object found"
+    max_object_fraction: float = 0.6  # more than this: no separable object either
+    min_presence: float = 0.5  # the object must be found in at least this fraction of the frames
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.background_planes <= 4:
+            raise ConfigError(f"segmentation.background_planes must be 1..4, got {self.background_planes}")
+        if not 0.0 < self.vote_fraction <= 1.0 or not 0.0 <= self.min_presence <= 1.0:
+            raise ConfigError("segmentation.vote_fraction must be in (0, 1] and min_presence in [0, 1]")
+        if not 0.0 <= self.min_object_fraction < self.max_object_fraction <= 1.0:
+            raise ConfigError("segmentation: need 0 <= min_object_fraction < max_object_fraction <= 1")
+
+
+@dataclass(frozen=True)
 class AtlasConfig:
     encoding: Literal["hash", "pe"] = "hash"
     iterations: int | None = None  # None: 20000 for hash, 400000 for pe
@@ -91,8 +143,10 @@ class AtlasConfig:
     max_pixels: int = 768 * 432 * 70  # frames x height x width budget of one fit
     flow: Literal["dis", "farneback"] = "dis"
     flow_consistency_px: float = 1.0  # forward-backward check threshold
+    tracker: TrackerSettings = field(default_factory=TrackerSettings)  # coarse step of the flow
     mask_source: Literal["auto", "manifest", "motion"] = "auto"  # auto: mask_uri when given, else motion
     motion_threshold_px: float = 1.0  # residual motion that marks a pixel foreground
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA only with resources.num_gpus > 0 (pipeline/devices)
     amp: bool = True  # CUDA with bfloat16: MLP trunks autocast to bfloat16, geometry stays float32
     seed: int = 0

@@ -5,9 +5,10 @@ Sources, in the order ``mask_source="auto"`` tries them:
 * the row's ``mask_uri``: an image (PNG, 255 = foreground; an RGBA image uses its alpha) of
   the first frame, propagated to later frames along the backward optical flow, or a mask
   video (one mask frame per video frame);
-* otherwise a motion segmentation: per frame pair, the dominant (background) motion is a
-  RANSAC similarity fitted to the dense flow, and pixels whose flow departs from it by more
-  than ``motion_threshold_px`` are foreground.
+* otherwise a motion segmentation (:mod:`stages.atlas.segmentation`): what a small set of
+  RANSAC homographies of the background (a near and a far plane under parallax) cannot
+  explain, made consistent over time; a clip with no such object is a row error asking for
+  ``mask_uri``.
 
 A mask must have the frames' size, or the same aspect ratio (it is then resized); a mask of
 another aspect ratio, or one with no foreground (or nothing but foreground), is a
@@ -23,7 +24,10 @@ import numpy as np
 
 from pipeline import media, storage
 from pipeline.storage import StorageOptions
+from stages.atlas.config import SegmentationConfig, TrackerSettings
 from stages.atlas.flow import FlowField, warp
+from stages.atlas.segmentation import segment
+from stages.atlas.tracks import object_motion
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif")
 MIN_FRACTION = 1e-4  # a mask with fewer foreground pixels than this fraction is "empty"
@@ -64,30 +68,35 @@ def decode_mask_image(data: bytes, where: str) -> np.ndarray:
     return image > 127
 
 
-def propagate(first: np.ndarray, flow: FlowField) -> np.ndarray:
+def propagate(first: np.ndarray, flow: FlowField, frames: np.ndarray | None = None,
+              tracker: TrackerSettings | None = None) -> np.ndarray:
     """Carry a first-frame bool mask [H, W] through the clip: bool [T, H, W].
 
-    Per frame pair, an affine motion is fitted (RANSAC) to the forward flow of the mask's
-    pixels whose flow passes the consistency check, and the mask is warped by it: the
-    object's tracks summarised as one motion, which does not drift the way chaining dense
-    flow pixel by pixel does. Falls back to pulling the mask along the backward flow when
-    too few pixels have a valid flow.
+    With ``frames`` (uint8 [T, H, W, 3]) and ``tracker``, the object is tracked directly per
+    frame pair (:func:`stages.atlas.tracks.object_motion`: masked template search, then LK and
+    a RANSAC affine), which follows objects moving tens of pixels a frame. Otherwise (or when
+    that finds nothing) an affine is fitted (RANSAC) to the forward flow of the mask's pixels
+    whose flow passes the consistency check. Either way the mask moves by one affine per frame,
+    which does not drift the way chaining dense flow pixel by pixel does; with neither, the
+    mask is pulled along the backward flow.
     """
     masks = [first.astype(bool)]
     kernel = np.ones((3, 3), np.uint8)
     h, w = first.shape
+    grey = None if frames is None or tracker is None else [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
     for t in range(flow.backward.shape[0]):
         current = masks[-1]
-        inner = cv2.erode(current.astype(np.uint8), kernel) > 0
-        ys, xs = np.nonzero(inner & flow.forward_valid[t])
-        model = None
-        if len(xs) >= 12:
-            if len(xs) > 4000:
-                keep = np.linspace(0, len(xs) - 1, 4000).astype(int)
-                ys, xs = ys[keep], xs[keep]
-            src = np.stack([xs, ys], -1).astype(np.float32)
-            dst = src + flow.forward[t][ys, xs]
-            model, _ = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=1.0)
+        model = object_motion(grey[t], grey[t + 1], current, tracker) if grey is not None else None
+        if model is None:
+            inner = cv2.erode(current.astype(np.uint8), kernel) > 0
+            ys, xs = np.nonzero(inner & flow.forward_valid[t])
+            if len(xs) >= 12:
+                if len(xs) > 4000:
+                    keep = np.linspace(0, len(xs) - 1, 4000).astype(int)
+                    ys, xs = ys[keep], xs[keep]
+                src = np.stack([xs, ys], -1).astype(np.float32)
+                dst = src + flow.forward[t][ys, xs]
+                model, _ = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=1.0)
         if model is not None:
             moved = cv2.warpAffine(current.astype(np.float32), model, (w, h), flags=cv2.INTER_LINEAR) > 0.5
         else:
@@ -108,9 +117,9 @@ def load_mask_video(url: str, num_frames: int, height: int, width: int,
     return np.stack([fit_mask(m.astype(np.uint8), height, width, f"mask video {url}") > 0 for m in grey])
 
 
-def manifest_masks(url: str, flow: FlowField, shape: tuple[int, int, int],
-                   options: StorageOptions | None = None) -> np.ndarray:
-    """bool [T, H, W] from a row's ``mask_uri`` (first-frame image or mask video)."""
+def manifest_masks(url: str, flow: FlowField, shape: tuple[int, int, int], options: StorageOptions | None = None,
+                   frames: np.ndarray | None = None, tracker: TrackerSettings | None = None) -> np.ndarray:
+    """bool [T, H, W] from a row's ``mask_uri`` (first-frame image or mask video; see :func:`propagate`)."""
     t, h, w = shape
     try:
         if os.path.splitext(url.lower())[1] in VIDEO_EXTENSIONS:
@@ -119,7 +128,7 @@ def manifest_masks(url: str, flow: FlowField, shape: tuple[int, int, int],
             first = decode_mask_image(storage.read_bytes(url, options), f"mask {url}")
             first = fit_mask(first.astype(np.uint8), h, w, f"mask {url}") > 0
             check_not_empty(first[None], f"mask {url}")
-            masks = propagate(first, flow)
+            masks = propagate(first, flow, frames, tracker)
     except FileNotFoundError as exc:
         raise MaskError(f"mask {url} not found") from exc
     except media.VideoDecodeError as exc:
@@ -128,52 +137,28 @@ def manifest_masks(url: str, flow: FlowField, shape: tuple[int, int, int],
     return masks
 
 
-def dominant_motion_residual(flow: np.ndarray, step: int = 4) -> np.ndarray:
-    """|flow - dominant similarity motion| in pixels, float32 [H, W], for one flow field [H, W, 2]."""
-    h, w = flow.shape[:2]
-    ys, xs = np.mgrid[0:h:step, 0:w:step]
-    src = np.stack([xs.ravel(), ys.ravel()], -1).astype(np.float32)
-    dst = src + flow[ys.ravel(), xs.ravel()]
-    model, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=0.5,
-                                           maxIters=2000, confidence=0.995)
-    if model is None:
-        model = np.array([[1, 0, 0], [0, 1, 0]], np.float64)
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    px = model[0, 0] * gx + model[0, 1] * gy + model[0, 2]
-    py = model[1, 0] * gx + model[1, 1] * gy + model[1, 2]
-    return np.hypot(gx + flow[..., 0] - px, gy + flow[..., 1] - py).astype(np.float32)
+def motion_masks(flow: FlowField, threshold_px: float = 1.0, config: SegmentationConfig | None = None,
+                 frames: np.ndarray | None = None, tracker: TrackerSettings | None = None) -> np.ndarray:
+    """bool [T, H, W]: the object moving against the background planes (:mod:`stages.atlas.segmentation`).
 
-
-def motion_masks(flow: FlowField, threshold_px: float = 1.0) -> np.ndarray:
-    """bool [T, H, W]: pixels moving against the dominant background motion."""
-    n = flow.forward.shape[0]
-    if n == 0:
-        raise MaskError("motion segmentation needs at least 2 frames; give mask_uri")
-    residuals = [dominant_motion_residual(flow.forward[i]) for i in range(n)]
-    residuals.append(dominant_motion_residual(flow.backward[n - 1]))
-    size = max(3, int(round(min(flow.forward.shape[1:3]) / 40)) | 1)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
-    masks = []
-    for res in residuals:
-        m = (res > threshold_px).astype(np.uint8)
-        m = cv2.morphologyEx(m, cv2.MORPH_OPEN, kernel)
-        m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, kernel)
-        masks.append(m > 0)
-    out = np.stack(masks)
-    check_not_empty(out, "motion segmentation (no mask_uri given)")
-    return out
+    NoObjectError (a row error asking for ``mask_uri``) when no consistent moving object is found.
+    """
+    return segment(flow.forward, flow.backward, flow.forward_valid, flow.backward_valid,
+                   config or SegmentationConfig(), threshold_px, frames, tracker)
 
 
 def row_masks(row: dict, flow: FlowField, shape: tuple[int, int, int], source: str, threshold_px: float,
-              options: StorageOptions | None = None) -> tuple[np.ndarray, str]:
-    """The bootstrap masks of a row and where they came from ("manifest" or "motion")."""
+              options: StorageOptions | None = None, segmentation: SegmentationConfig | None = None,
+              frames: np.ndarray | None = None, tracker: TrackerSettings | None = None
+              ) -> tuple[np.ndarray, str]:
+    """The bootstrap masks of a row and where they came from ("manifest" or "motion"); the row's mask wins."""
     uri = row.get("mask_uri")
     uri = uri.strip() if isinstance(uri, str) else None
     if source == "manifest" and not uri:
         raise MaskError("atlas.mask_source is 'manifest' but the row has no mask_uri")
     if uri and source in ("auto", "manifest"):
-        return manifest_masks(uri, flow, shape, options), "manifest"
-    return motion_masks(flow, threshold_px), "motion"
+        return manifest_masks(uri, flow, shape, options, frames, tracker), "manifest"
+    return motion_masks(flow, threshold_px, segmentation, frames, tracker), "motion"
 
 
 

@@ -41,7 +41,7 @@ class AtlasLimitError(ValueError):
     """The video exceeds the atlas stage's frame or pixel budget."""
 
 
-FIT_VERSION = 3  # bump when the fitting math changes, so fits made by older code are not reused
+FIT_VERSION = 4  # bump when the fitting math changes, so fits made by older code are not reused
 
 
 def fit_key(config: AtlasConfig, frames: np.ndarray, mask_digest: str) -> str:
@@ -124,8 +124,10 @@ class AtlasStage(Stage):
         cfg, options = self.config, self.context.storage
         t, h, w = frames.shape[:3]
         start = time.perf_counter()
-        flow = dense_flow(frames, cfg.flow, cfg.flow_consistency_px)
-        masks, source = row_masks(row, flow, (t, h, w), cfg.mask_source, cfg.motion_threshold_px, options)
+        tracker = cfg.tracker if cfg.tracker.enabled else None
+        flow = dense_flow(frames, cfg.flow, cfg.flow_consistency_px, tracker)
+        masks, source = row_masks(row, flow, (t, h, w), cfg.mask_source, cfg.motion_threshold_px, options,
+                                  cfg.segmentation, frames, tracker)
         if self.device is None:
             self.setup()
         device = self.device

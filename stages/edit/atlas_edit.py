@@ -8,7 +8,8 @@ Placement comes from the method config, overridable per row through ``params``:
 * ``anchor="frame"`` (default): ``center`` is a pixel (x, y) of frame ``anchor_frame`` and
   ``size`` the overlay's width there, in pixels; it is mapped into the atlas through that
   frame's UV map and local Jacobian, so the overlay appears as placed in that frame and then
-  follows the layer. Defaults: the foreground's centroid and half its diameter (foreground),
+  follows the layer. Defaults: the point deepest inside the foreground (the peak of its distance
+  transform, :func:`inner_point`) and half its equivalent diameter (foreground),
   the frame centre and a quarter of the frame (background).
 * ``anchor="atlas"``: ``center`` in atlas texture coordinates ([0, 1] x [0, 1], origin top
   left) and ``size`` as a fraction of the atlas width.
@@ -65,6 +66,19 @@ def bilinear(image: np.ndarray, x: float, y: float) -> np.ndarray:
             + p[1, 1] * fx * fy)
 
 
+def inner_point(mask: np.ndarray) -> tuple[float, float]:
+    """(x, y) of the pixel of bool mask [H, W] farthest from its outside: the distance transform's peak.
+
+    Unlike a centroid, which can fall outside a non-convex or split shape, it is always well
+    inside the largest region. Ties go to the one nearest the region's centroid.
+    """
+    dist = cv2.distanceTransform(np.pad(mask.astype(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    ys, xs = np.nonzero(dist >= dist.max() - 1e-3)
+    cy, cx = np.nonzero(mask)
+    pick = int(np.argmin((xs - cx.mean()) ** 2 + (ys - cy.mean()) ** 2))
+    return float(xs[pick]), float(ys[pick])
+
+
 def local_affine(uv: np.ndarray, x: float, y: float, radius: float,
                  keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Least-squares affine fit of a UV map [H, W, 2] over the pixels within ``radius`` of (x, y).
@@ -102,9 +116,10 @@ def overlay_matrix(fit: AtlasFit, config: AtlasEditConfig, overlay_shape: tuple[
         fg = fit.alpha[f] > 0.5
         if config.center is None:
             if foreground and not fg.any():
-                raise RowFieldError(f"frame {f} has no foreground to place the overlay on")
-            ys, xs = np.nonzero(fg) if foreground else (np.array([(h - 1) / 2]), np.array([(w - 1) / 2]))
-            cx, cy = float(xs.mean()), float(ys.mean())
+                raise RowFieldError(
+                    f"the atlas found no foreground in frame {f} (no pixel with alpha > 0.5) to place the overlay on; "
+                    "give the row a mask_uri (a first-frame mask of the object) or use layer=background")
+            cx, cy = inner_point(fg) if foreground else ((w - 1) / 2.0, (h - 1) / 2.0)
         else:
             cx, cy = map(float, config.center)
         if not (0 <= cx <= w - 1 and 0 <= cy <= h - 1):
