@@ -4,6 +4,7 @@
     vidflow trajectories ...    = python -m jobs.preprocess_trajectories ...
     vidflow sample ...          = python -m jobs.make_sample ...
     vidflow export ...          = python -m jobs.export ...
+    vidflow train-revideo ...   = python -m jobs.train_revideo ...
     vidflow models download --config FILE [--to DIR]
     vidflow config --print [--config FILE] [--job edit|trajectories] [--set key=value ...]
     vidflow env
@@ -44,6 +45,12 @@ def _sample(argv: list[str]) -> int:
     return make_sample.main(argv)
 
 
+def _train_revideo(argv: list[str]) -> int:
+    from jobs import train_revideo
+
+    return train_revideo.main(argv)
+
+
 def _export(argv: list[str]) -> int:
     from jobs import export
 
@@ -55,12 +62,14 @@ PASSTHROUGH: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "edit": (_edit, "edit videos (= python -m jobs.edit_videos; --help for its options)"),
     "trajectories": (_trajectories, "ReVideo trajectory shards (= python -m jobs.preprocess_trajectories)"),
     "sample": (_sample, "make the synthetic sample (= python -m jobs.make_sample)"),
+    "train-revideo": (_train_revideo, "train ReVideo's control module on trajectory shards (= python -m "
+                                      "jobs.train_revideo)"),
     "export": (_export, "a finished run as WebDataset shards or Parquet files (= python -m jobs.export)"),
 }
 
 
 def job_config_class(job: str) -> type:
-    """The config dataclass of job ``edit`` or ``trajectories``."""
+    """The config dataclass of job ``edit``, ``trajectories`` or ``train-revideo``."""
     if job == "edit":
         from jobs.edit_videos import EditJobConfig
 
@@ -69,11 +78,18 @@ def job_config_class(job: str) -> type:
         from jobs.preprocess_trajectories import TrajectoryJobConfig
 
         return TrajectoryJobConfig
-    raise ValueError(f"unknown job {job!r} (edit or trajectories)")
+    if job == "train-revideo":
+        from jobs.train_revideo import TrainJobConfig
+
+        return TrainJobConfig
+    raise ValueError(f"unknown job {job!r} (edit, trajectories or train-revideo)")
 
 
 def guess_job(data: dict) -> str:
-    """``trajectories`` when a config's top-level keys are the trajectory job's, else ``edit``."""
+    """The job a config's top-level keys belong to: ``train-revideo`` (``train`` and ``revideo``),
+    ``trajectories`` (``window``/``trajectories``/``shards``), else ``edit``."""
+    if {"train", "revideo"} <= set(data):
+        return "train-revideo"
     return "trajectories" if {"window", "trajectories", "shards"} & set(data) else "edit"
 
 
@@ -179,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_job_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--job", choices=("edit", "trajectories"),
+    parser.add_argument("--job", choices=("edit", "trajectories", "train-revideo"),
                         help="which job's config (default: guessed from the file's sections)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value (repeatable)")

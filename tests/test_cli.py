@@ -35,6 +35,7 @@ def test_console_script_is_installed_and_runs():
     (["trajectories", "--help"], "--manifest"),
     (["sample", "--help"], "--count"),
     (["export", "--help"], "--max-shard-bytes"),
+    (["train-revideo", "--help"], "--shards"),
 ])
 def test_every_subcommand_has_help(capsys, argv, expect):
     with pytest.raises(SystemExit) as stop:
@@ -109,3 +110,16 @@ def test_env_reports_versions_codecs_and_gpus(capsys):
     has_h264 = "libx264" in av.codecs_available
     assert data["pyav_ffmpeg"]["encoders"]["libx264"] is has_h264
     assert data["h264_encoder"].startswith("present" if has_h264 else "MISSING")
+
+
+def test_the_training_config_is_recognised_and_round_trips(capsys, tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(root, "jobs/configs/train_revideo.yaml")
+    assert cli.guess_job(yaml.safe_load(open(path))) == "train-revideo"
+    assert cli.main(["config", "--print", "--config", path]) == 0
+    printed = capsys.readouterr().out
+    data = yaml.safe_load(printed)
+    assert {"train", "revideo", "window", "data"} <= set(data)
+    again = tmp_path / "resolved.yaml"
+    again.write_text(printed)
+    assert to_dict(load_config(cli.job_config_class("train-revideo"), str(again))) == data
