@@ -126,8 +126,15 @@ def _add_stage(collector: _Collector, where: str, config: Any) -> None:
 
 
 def collect_models(job: str, config: Any) -> list[ModelRef]:
-    """Every model reference the ``edit`` or ``trajectories`` job ``config`` would load."""
+    """Every model reference the ``edit``, ``trajectories`` or ``train-revideo`` job ``config`` would load."""
     collector = _Collector()
+    if job == "train-revideo":  # SVD, the UNet to train against and a control module to start from
+        models = config.revideo
+        collector.add(models.model, "revideo.model", revision=models.revision, variant=models.variant)
+        for name in ("checkpoint", "controlnet"):
+            if getattr(models, name):
+                collector.add(getattr(models, name), f"revideo.{name}")
+        return collector.refs()
     if job == "trajectories":
         _add_stage(collector, "trajectories", config.trajectories)
         return collector.refs()

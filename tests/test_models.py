@@ -178,3 +178,12 @@ def test_staging_copies_the_cache_onto_every_node_once(ray_local, tmp_path):
     assert again[0]["skipped"] and again[0]["copied"] == 0
     with pytest.raises(Exception, match="holds neither hub/ nor torch/hub/"):
         model_staging.stage_model_cache(str(tmp_path / "empty"), hf_cache=hf, torch_hub=hub)
+
+
+def test_the_revideo_training_config_names_svd_and_its_starting_points():
+    from jobs import cli, models
+
+    job, config = cli.resolved_config(None, "train-revideo", ["revideo.controlnet=/models/rv/controlnet"])
+    refs = {r.ref: r for r in models.collect_models(job, config)}
+    assert job == "train-revideo" and set(refs) == {config.revideo.model, "/models/rv/controlnet"}
+    assert refs["/models/rv/controlnet"].used_by == ("revideo.controlnet",)
