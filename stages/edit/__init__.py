@@ -15,6 +15,7 @@ _METHODS: dict[str, str] = {
     "atlas_edit": "stages.edit.atlas_edit:AtlasEditStage",
     "tune_a_video": "stages.edit.tune_a_video:TuneAVideoStage",
     "revideo": "stages.edit.revideo:ReVideoStage",
+    "lamd": "stages.edit.lamd:LamdStage",
 }
 
 
