@@ -3,6 +3,8 @@ the DMG and the discriminator, save/from_pretrained round trips and a short over
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -129,7 +131,7 @@ def test_save_and_from_pretrained_round_trip_is_bit_identical(kind, tmp_path):
         model, cls, args = tiny_vae(), MCDVAE, (clip(4),)
     elif kind == "dmg":
         model, cls = tiny_dmg(), MotionGenerator
-        args = (torch.randn(1, 2, 4, 4), torch.tensor([10]), torch.randn(1, 16, 16))
+        args = (torch.randn(1, 2, 4, 4), torch.tensor([10]), torch.randn(1, 8, 4, 4))
     else:
         torch.manual_seed(0)
         model, cls, args = VideoDiscriminator(**TINY_DISC).eval(), VideoDiscriminator, (clip(4),)
@@ -150,3 +152,27 @@ def test_save_and_from_pretrained_round_trip_is_bit_identical(kind, tmp_path):
         else:
             first, second = model(*args), loaded(*args)
     assert torch.equal(first, second)
+
+
+def test_trainers_step_resume_exactly_and_use_the_gan_after_warm_up():
+    from stages.edit.lamd.training import DmgTrainer, VaeLossWeights, VaeTrainer
+
+    x = sample_clip()
+    weights = VaeLossWeights(beta=1e-4, gan_weight=0.1, gan_start_step=1)
+    torch.manual_seed(0)
+    trainer = VaeTrainer(tiny_vae(), weights, 1e-3, VideoDiscriminator(**TINY_DISC), seed=3)
+    first = trainer.step(x)
+    assert "g_adv" not in first and set(first) >= {"l1", "kl", "loss"}  # warm-up: no adversarial term
+    state = copy.deepcopy(trainer.state_dict())  # live tensors: a checkpoint serialises them at once
+    second = trainer.step(x)
+    assert {"g_adv", "d_loss"} <= set(second)
+    torch.manual_seed(1)
+    resumed = VaeTrainer(tiny_vae(), weights, 1e-3, VideoDiscriminator(**TINY_DISC), seed=99)
+    resumed.load_state_dict(state)
+    assert resumed.step(x) == second  # same weights, optimiser moments, step count and noise stream
+
+    dmg_trainer = DmgTrainer(tiny_dmg().train(), trainer.vae, 1e-3, seed=4)
+    before = [p.detach().clone() for p in dmg_trainer.dmg.parameters()]
+    loss = dmg_trainer.step(x)["loss"]
+    assert loss > 0 and any(not torch.equal(a, b) for a, b in zip(before, dmg_trainer.dmg.parameters()))
+    assert all(not p.requires_grad for p in trainer.vae.parameters())  # the MCD-VAE is frozen in phase dmg

@@ -62,9 +62,16 @@ class MotionGenerator(ModelMixin, ConfigMixin):
             raise ValueError("this DMG was built without text conditioning (text_embed_dim is null)")
         return torch.cat([tokens, self.text_proj(text.to(tokens.dtype))], 1)
 
-    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor | int, tokens: torch.Tensor) -> torch.Tensor:
-        """eps_theta(z_t, t, c): predicted noise [B, d, h, w] of noisy latents [B, d, h, w]."""
+    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor | int, tokens: torch.Tensor) -> torch.Tensor:
+        """eps_theta(z_t, t, c): predicted noise [B, d, h, w] of noisy latents [B, d, h, w] given
+        conditioning tokens (:meth:`conditioning`; the sampler computes them once per clip)."""
         return self.unet(noisy, timesteps, encoder_hidden_states=tokens).sample
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor | int, content: torch.Tensor,
+                text: torch.Tensor | None = None) -> torch.Tensor:
+        """eps_theta from the content latent [B, d', h, w] (and text states) itself: the training pass,
+        so every trained parameter is used inside ``forward`` (as DistributedDataParallel needs)."""
+        return self.denoise(noisy, timesteps, self.conditioning(content, text))
 
     def train_scheduler(self) -> DDPMScheduler:
         """The DDPM forward process the DMG is trained with (epsilon prediction, no clipping)."""

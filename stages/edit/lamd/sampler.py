@@ -25,7 +25,7 @@ def sample_motion(model: MotionGenerator, tokens: torch.Tensor, num_steps: int, 
     z = torch.randn(shape, generator=generator, dtype=torch.float32).to(tokens.device) * scheduler.init_noise_sigma
     dtype = next(model.parameters()).dtype
     for t in scheduler.timesteps:
-        eps = model(z.to(dtype), t.to(tokens.device), tokens.to(dtype)).float()
+        eps = model.denoise(z.to(dtype), t.to(tokens.device), tokens.to(dtype)).float()
         noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(z.device) if eta > 0 else None
         z = scheduler.step(eps, t, z, eta=eta, variance_noise=noise).prev_sample
     return z

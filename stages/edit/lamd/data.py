@@ -1,0 +1,65 @@
+"""Training clips for LaMD: the project's synthetic sample rendered on the fly, or decoded video windows.
+
+A clip is float32 [3, L, H, W] in [-1, 1]. Synthetic clips come from
+:func:`jobs.sample_data.generate_sample` (64 x 64, L = 16 by default; about 0.1 s each), seeded,
+so a training run is reproducible and held-out seeds are never seen in training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import cv2
+import numpy as np
+import torch
+
+
+def frames_to_clip(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [L, H, W, 3] -> float32 [3, L, H, W] in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float() / 127.5 - 1.0
+
+
+def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [T, H, W, 3] centre-cropped to a square and resized to ``size`` x ``size``."""
+    h, w = frames.shape[1:3]
+    side = min(h, w)
+    frames = frames[:, (h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
+    if side == size:
+        return np.ascontiguousarray(frames)
+    interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
+    return np.stack([cv2.resize(f, (size, size), interpolation=interp) for f in frames])
+
+
+def synthetic_clip(seed: int, size: int = 64, num_frames: int = 16) -> torch.Tensor:
+    """The synthetic sample clip of ``seed``: float32 [3, num_frames, size, size] in [-1, 1]."""
+    from jobs.sample_data import generate_sample
+
+    return frames_to_clip(generate_sample(size, size, num_frames, seed=seed).frames)
+
+
+def worker_seeds(first: int, rank: int, world: int) -> Iterator[int]:
+    """Endless seeds of training worker ``rank`` of ``world``: first + rank, first + rank + world, ..."""
+    seed = first + rank
+    while True:
+        yield seed
+        seed += world
+
+
+def synthetic_batches(first_seed: int, rank: int, world: int, batch_size: int, size: int,
+                      num_frames: int, skip_batches: int = 0) -> Iterator[torch.Tensor]:
+    """Endless batches [B, 3, L, size, size] of synthetic clips for one worker.
+
+    ``skip_batches`` resumes the stream where a checkpoint left it (the seeds are skipped, not
+    rendered), so a resumed run sees the clips the uninterrupted one would have.
+    """
+    seeds = worker_seeds(first_seed + skip_batches * batch_size * world, rank, world)
+    while True:
+        yield torch.stack([synthetic_clip(next(seeds), size, num_frames) for _ in range(batch_size)])
+
+
+def video_windows(frames: np.ndarray, num_frames: int, stride: int, size: int) -> list[np.ndarray]:
+    """Non-overlapping windows uint8 [num_frames, size, size, 3] of decoded frames [T, H, W, 3]
+    taken every ``stride`` frames (a video shorter than one window gives none)."""
+    span = (num_frames - 1) * stride + 1
+    picked = [frames[start:start + span:stride] for start in range(0, len(frames) - span + 1, span)]
+    return [resize_frames(w, size) for w in picked]
