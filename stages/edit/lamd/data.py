@@ -30,11 +30,16 @@ def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     return np.stack([cv2.resize(f, (size, size), interpolation=interp) for f in frames])
 
 
+MIN_RENDER = 64  # the sample generator's smallest frame
+
+
 def synthetic_clip(seed: int, size: int = 64, num_frames: int = 16) -> torch.Tensor:
-    """The synthetic sample clip of ``seed``: float32 [3, num_frames, size, size] in [-1, 1]."""
+    """The synthetic sample clip of ``seed``: float32 [3, num_frames, size, size] in [-1, 1]
+    (rendered at ``max(size, 64)`` pixels and shrunk when smaller)."""
     from jobs.sample_data import generate_sample
 
-    return frames_to_clip(generate_sample(size, size, num_frames, seed=seed).frames)
+    render = max(size, MIN_RENDER)
+    return frames_to_clip(resize_frames(generate_sample(render, render, num_frames, seed=seed).frames, size))
 
 
 def worker_seeds(first: int, rank: int, world: int) -> Iterator[int]:

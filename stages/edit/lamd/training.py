@@ -38,6 +38,7 @@ def clip_gradients(params, max_norm: float | None) -> None:
 
 
 Wrap = Callable[[nn.Module], nn.Module]
+PerceptualLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # frames [N, 3, H, W] x2 -> [N, ...]
 
 
 def unwrapped(module: nn.Module) -> nn.Module:
@@ -52,7 +53,7 @@ class VaeTrainer:
     """
 
     def __init__(self, vae: MCDVAE, weights: VaeLossWeights, lr: float, disc: VideoDiscriminator | None = None,
-                 disc_lr: float | None = None, lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 disc_lr: float | None = None, lpips: PerceptualLoss | None = None,
                  max_grad_norm: float | None = 1.0, seed: int = 0, wrap: Wrap = unwrapped):
         self.vae, self.disc, self.weights, self.lpips = vae, disc, weights, lpips
         self.vae_forward = wrap(vae)
