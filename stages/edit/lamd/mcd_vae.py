@@ -46,8 +46,9 @@ class MotionPosterior:
         return torch.exp(0.5 * self.logvar)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """z_m = mu + eps * sigma, eps ~ N(0, I) drawn from ``generator`` (CPU) when given."""
-        eps = torch.randn(self.mean.shape, generator=generator, dtype=torch.float32).to(self.mean)
+        """z_m = mu + eps * sigma, eps ~ N(0, I) drawn from ``generator`` (on its device) when given."""
+        device = generator.device if generator is not None else self.mean.device
+        eps = torch.randn(self.mean.shape, generator=generator, device=device, dtype=torch.float32).to(self.mean)
         return self.mean + eps * self.std
 
     def mode(self) -> torch.Tensor:
