@@ -68,3 +68,23 @@ def video_windows(frames: np.ndarray, num_frames: int, stride: int, size: int) -
     span = (num_frames - 1) * stride + 1
     picked = [frames[start:start + span:stride] for start in range(0, len(frames) - span + 1, span)]
     return [resize_frames(w, size) for w in picked]
+
+
+def decode_windows(uri: str, num_frames: int, stride: int, size: int, max_windows: int,
+                   options=None) -> list[np.ndarray]:
+    """Up to ``max_windows`` training windows uint8 [L, size, size, 3] of the video at ``uri``
+    (any fsspec URL); raises what the decoder raises for an unreadable video."""
+    from pipeline import media, storage
+
+    with storage.local_copy(uri, options) as (local, _):
+        frames, _, _ = media.decode(local)
+    return video_windows(frames, num_frames, stride, size)[:max_windows]
+
+
+def batch_to_video(batch, device: torch.device) -> torch.Tensor:
+    """A training batch -> float32 [B, 3, L, H, W] in [-1, 1] on ``device``: a tensor of synthetic
+    clips as is, or a Ray Data batch ``{"clip": uint8 [B, L, H, W, 3]}`` of decoded windows."""
+    if isinstance(batch, dict):
+        clips = torch.from_numpy(np.ascontiguousarray(batch["clip"])).to(device)
+        return clips.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+    return batch.to(device)

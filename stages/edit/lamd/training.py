@@ -67,7 +67,7 @@ def dmg_loss(dmg: MotionGenerator, vae: MCDVAE, scheduler, video: torch.Tensor, 
     """L_simple of the DMG on a batch [B, 3, L, H, W] (and text states [B, N, D]); ``vae`` is frozen."""
     with torch.no_grad():
         motion, _ = vae.motion_latent(video, generator)
-        content = vae.encode_content(video[:, :, 0]).latent
+        motion, content = motion.float(), vae.encode_content(video[:, :, 0]).latent.float()
     noise = torch.randn(motion.shape, generator=generator, device=generator.device).to(motion)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (len(motion),), generator=generator,
                       device=generator.device).to(motion.device)
