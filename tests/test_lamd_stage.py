@@ -121,3 +121,23 @@ def test_preflight_names_missing_and_mismatched_models(model, tmp_path, out):
     bad = save_tiny_lamd(tmp_path / "bad", dmg=tiny_dmg(content_channels=4))
     with pytest.raises(ConfigError, match="latent/content widths 2/4"):
         LamdStage(LamdConfig(model=bad), context).setup()
+
+
+def test_training_yaml_validates_and_manifest_windows_decode(sample_dir):
+    import pandas as pd
+
+    from jobs.train_lamd import _windows
+    from pipeline.config import load_config
+    from stages.edit.lamd.train_config import LamdDataConfig, TrainLamdConfig
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = load_config(TrainLamdConfig, os.path.join(root, "jobs", "configs", "train_lamd.yaml"))
+    assert (config.data.size, config.data.num_frames, config.vae.beta, config.vae.model.latent_channels,
+            config.vae.model.content_channels, config.dmg.model.num_train_timesteps) == (64, 16, 1e-4, 4, 64, 1000)
+    with pytest.raises(ConfigError, match="lpips_weights"):
+        load_config(TrainLamdConfig, None, ["vae.lpips_weight=1.0"])
+    video = pd.read_csv(os.path.join(sample_dir, "manifest.csv")).video_uri[0]  # 36 frames of 256 x 256
+    data = LamdDataConfig(size=32, num_frames=8, frame_stride=2, max_windows_per_video=3)
+    windows = _windows({"video_uri": video}, data, None)
+    assert len(windows) == 2 and windows[0]["clip"].shape == (8, 32, 32, 3)  # 36 frames hold two 15-frame spans
+    assert _windows({"video_uri": "/no/such.mp4"}, data, None) == []  # a bad video is skipped, not fatal
