@@ -20,6 +20,9 @@ freed with its process. Results go to a JSON file and one table on stdout. Parts
   GPU: rows ok, wall time, GPU utilisation sampled during the run.
 * ``revideo`` — the SVD UNet + ReVideo control module (random weights) in fp16: seconds per
   denoising step and peak memory at the release's shapes (bench/revideo.py).
+* ``lamd`` — LaMD's MCD-VAE and DMG at the training config's sizes (64 x 64, L = 16): seconds per
+  training step of each phase at batch 16, peak memory, and K = 200-step sampling time of the DMG
+  against a 3D-UNet latent video baseline of equal widths (bench/lamd.py).
 
 An editing method added later registers its own part: a function in bench/gpu_parts.py (or its
 own bench module) and one line in :data:`PARTS`.
@@ -57,6 +60,7 @@ PARTS: dict[str, Part] = {p.name: p for p in (
     Part("atlas", "bench.gpu_parts:atlas", 160.0),
     Part("edit_job", "bench.gpu_parts:edit_job", 90.0, smoke_budget_s=90.0),
     Part("revideo", "bench.revideo:gpu_part", 105.0),
+    Part("lamd", "bench.lamd:gpu_part", 60.0),
 )}
 
 
