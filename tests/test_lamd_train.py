@@ -1,6 +1,7 @@
 """``jobs.train_lamd`` on Ray Train with 2 CPU workers (gloo) and tiny models: each phase stopped after a few
-steps and resumed from its checkpoint (the resumed MCD-VAE equals an uninterrupted run's), metrics files,
-an existing run refused without --resume, and exports the ``lamd`` method loads."""
+steps and resumed from its checkpoint (the resumed MCD-VAE equals an uninterrupted run's), synthetic clips for
+the MCD-VAE and the sample manifest's decoded windows for the DMG, metrics files, an existing run refused
+without --resume, and exports the ``lamd`` method loads."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from tests.lamd_fixtures import TINY_DMG, TINY_VAE
 
 pytestmark = pytest.mark.slow
 
-TRAIN = {"num_workers": 2, "checkpoint_every": 2, "log_every": 1, "seed": 3, "max_failures": 0}
+TRAIN = {"num_workers": 2, "cpus_per_worker": 0.5, "checkpoint_every": 2, "log_every": 1, "seed": 3,
+         "max_failures": 0}  # half a CPU each: Ray Data decodes the manifest windows on the rest
 DMG_MODEL = {k: TINY_DMG[k] for k in ("block_out_channels", "down_block_types", "up_block_types", "layers_per_block",
                                      "cross_attention_dim", "attention_head_dim", "norm_num_groups")}
 CONFIG = {
@@ -37,12 +39,13 @@ def _rows(out: str, name: str) -> list[dict]:
         return [json.loads(line) for line in handle]
 
 
-def _train(out: str, config: str, phase: str, steps: int, *extra: str) -> int:
-    return train_lamd.main(["--synthetic", "--output", out, "--config", config, "--phase", phase,
+def _train(out: str, config: str, phase: str, steps: int, *extra: str, data: str | None = None) -> int:
+    source = ["--data", data] if data else ["--synthetic"]
+    return train_lamd.main([*source, "--output", out, "--config", config, "--phase", phase,
                             "--set", f"{phase}.train.steps={steps}", *extra])
 
 
-def test_both_phases_train_stop_and_resume_on_ray_train(ray_local, tmp_path):
+def test_both_phases_train_stop_and_resume_on_ray_train(ray_local, sample_dir, tmp_path):
     config = tmp_path / "train_lamd.yaml"
     config.write_text(yaml.safe_dump(CONFIG))
     straight, broken = str(tmp_path / "straight"), str(tmp_path / "broken")
@@ -59,8 +62,10 @@ def test_both_phases_train_stop_and_resume_on_ray_train(ray_local, tmp_path):
     assert a.config.num_frames == TINY_VAE["num_frames"]
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
-    assert _train(broken, str(config), "dmg", 2) == 0
-    assert _train(broken, str(config), "dmg", 3, "--resume") == 0
+    # phase dmg on the sample manifest's videos: decoded 4-frame windows at 16 x 16 through Ray Data
+    manifest = os.path.join(sample_dir, "manifest.csv")
+    assert _train(broken, str(config), "dmg", 2, data=manifest) == 0
+    assert _train(broken, str(config), "dmg", 3, "--resume", data=manifest) == 0
     assert [r["step"] for r in _rows(broken, "lamd-dmg")] == [1, 2, 3]
     dmg = MotionGenerator.from_pretrained(os.path.join(broken, "model", "dmg"))
     assert (dmg.config.sample_size, dmg.config.latent_channels, dmg.config.content_channels) == (4, 2, 8)
