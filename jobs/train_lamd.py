@@ -51,10 +51,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _windows(row: dict, data: LamdDataConfig, options: StorageOptions) -> list[dict]:
-    """Ray Data flat_map: a manifest row -> its decoded training windows (none for an unreadable video)."""
+    """Ray Data flat_map: a manifest row -> its decoded training windows with the row's prompt (none for an
+    unreadable video)."""
     uri = row.get("video_uri")
     if uri is None and "text" in row:  # a JSONL manifest arrives as text lines
-        uri = json.loads(row["text"]).get("video_uri")
+        row = json.loads(row["text"])
+        uri = row.get("video_uri")
     if not isinstance(uri, str) or not uri.strip():
         return []
     try:
@@ -63,7 +65,8 @@ def _windows(row: dict, data: LamdDataConfig, options: StorageOptions) -> list[d
     except Exception as exc:  # noqa: BLE001 - one bad video must not end a training run
         logging.getLogger(__name__).warning("skipping %s: %s: %s", uri, type(exc).__name__, exc)
         return []
-    return [{"clip": clip} for clip in clips]
+    prompt = row.get("prompt") if isinstance(row.get("prompt"), str) else ""
+    return [{"clip": clip, "prompt": prompt} for clip in clips]
 
 
 def window_dataset(url: str, data: LamdDataConfig, options: StorageOptions):

@@ -52,3 +52,15 @@ def save_tiny_lamd(folder: Path | str, vae=None, dmg=None) -> str:
     (vae if vae is not None else tiny_vae()).save_pretrained(folder / "mcd_vae")
     (dmg if dmg is not None else tiny_dmg()).save_pretrained(folder / "dmg")
     return str(folder)
+
+
+def save_tiny_text(folder: Path | str) -> str:
+    """A tiny CLIP tokenizer and text encoder (width 32) as ``folder/tokenizer`` and ``folder/text_encoder``."""
+    from transformers import CLIPTokenizer
+
+    from tests.diffusion_fixtures import tiny_text_encoder, write_tiny_tokenizer
+
+    folder = Path(folder)
+    tokenizer = CLIPTokenizer.from_pretrained(str(write_tiny_tokenizer(folder / "tokenizer")))
+    tiny_text_encoder(len(tokenizer)).save_pretrained(folder / "text_encoder")
+    return str(folder)

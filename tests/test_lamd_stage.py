@@ -15,7 +15,7 @@ from pipeline.stage import RunContext, run_stage
 from stages.edit import get_method
 from stages.edit.lamd import LamdConfig, LamdStage
 from stages.edit.lamd.stage import square_frame
-from tests.lamd_fixtures import one_thread, save_tiny_lamd, tiny_dmg  # noqa: F401 - autouse
+from tests.lamd_fixtures import one_thread, save_tiny_lamd, save_tiny_text, tiny_dmg  # noqa: F401 - autouse
 
 
 def _video(frames: int = 3, height: int = 24, width: int = 32) -> np.ndarray:
@@ -110,6 +110,16 @@ def test_unreadable_first_frame_image_is_a_row_error(stage, tmp_path):
     path.write_bytes(b"not a png")
     row = run_stage(stage, _row(first_frame_uri=str(path)))
     assert row["error"] == f"RowFieldError: first_frame_uri {str(path)!r} is not a readable image"
+
+
+def test_a_text_conditioned_dmg_reads_the_prompt_from_its_own_text_encoder(tmp_path, out):
+    folder = save_tiny_lamd(tmp_path / "text-model", dmg=tiny_dmg(text_embed_dim=32))
+    save_tiny_text(tmp_path / "text-model" / "dmg")  # where jobs.train_lamd exports it
+    stage = LamdStage(LamdConfig(model=folder, num_inference_steps=2), RunContext(output_url=out, cache_url=out))
+    stage.setup()
+    red, blue = (run_stage(stage, _row(prompt=p))["edited_frames"] for p in ("a red disc", "a blue disc"))
+    assert red.shape == (4, 16, 16, 3) and not np.array_equal(red, blue)
+    assert np.array_equal(run_stage(stage, _row(prompt="a red disc"))["edited_frames"], red)
 
 
 def test_preflight_names_missing_and_mismatched_models(model, tmp_path, out):

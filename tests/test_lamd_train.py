@@ -13,9 +13,11 @@ import torch
 import yaml
 
 from jobs import train_lamd
+from pipeline.stage import RunContext, run_stage
+from stages.edit.lamd import LamdConfig, LamdStage
 from stages.edit.lamd.dmg import MotionGenerator
 from stages.edit.lamd.mcd_vae import MCDVAE
-from tests.lamd_fixtures import TINY_DMG, TINY_VAE
+from tests.lamd_fixtures import TINY_DMG, TINY_VAE, save_tiny_text
 
 pytestmark = pytest.mark.slow
 
@@ -62,13 +64,24 @@ def test_both_phases_train_stop_and_resume_on_ray_train(ray_local, sample_dir, t
     assert a.config.num_frames == TINY_VAE["num_frames"]
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
-    # phase dmg on the sample manifest's videos: decoded 4-frame windows at 16 x 16 through Ray Data
+    # phase dmg on the sample manifest's videos (decoded 4-frame windows at 16 x 16 through Ray Data) and
+    # their prompts, through a tiny CLIP text encoder
     manifest = os.path.join(sample_dir, "manifest.csv")
-    assert _train(broken, str(config), "dmg", 2, data=manifest) == 0
-    assert _train(broken, str(config), "dmg", 3, "--resume", data=manifest) == 0
+    text = save_tiny_text(tmp_path / "clip")
+    assert _train(broken, str(config), "dmg", 2, "--set", f"dmg.text_model={text}", data=manifest) == 0
+    assert _train(broken, str(config), "dmg", 3, "--resume", "--set", f"dmg.text_model={text}", data=manifest) == 0
     assert [r["step"] for r in _rows(broken, "lamd-dmg")] == [1, 2, 3]
     dmg = MotionGenerator.from_pretrained(os.path.join(broken, "model", "dmg"))
-    assert (dmg.config.sample_size, dmg.config.latent_channels, dmg.config.content_channels) == (4, 2, 8)
+    assert (dmg.config.sample_size, dmg.config.latent_channels, dmg.config.content_channels,
+            dmg.config.text_embed_dim) == (4, 2, 8, 32)
+    # the exported folder is the lamd method's model, text encoder included
+    stage = LamdStage(LamdConfig(model=os.path.join(broken, "model"), num_inference_steps=2),
+                      RunContext(output_url=str(tmp_path / "gen"), cache_url=str(tmp_path / "gen")))
+    stage.preflight()
+    stage.setup()
+    row = run_stage(stage, {"job_id": "j", "video_id": "v", "method": "lamd", "status": "pending", "fps": 8.0,
+                            "frames": (torch.rand(1, 16, 16, 3) * 255).to(torch.uint8).numpy(), "prompt": "a disc"})
+    assert row["status"] == "pending" and row["edited_frames"].shape == (4, 16, 16, 3)
     checkpoints = os.listdir(os.path.join(broken, "ray_train", "lamd-dmg"))
     assert any(name.startswith("step_00000003") for name in checkpoints), checkpoints
 

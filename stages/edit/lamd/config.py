@@ -2,8 +2,8 @@
 
 The model folder (a local path or an fsspec URL) holds ``mcd_vae/`` (:class:`~.mcd_vae.MCDVAE`)
 and ``dmg/`` (:class:`~.dmg.MotionGenerator`), both ``save_pretrained`` folders, as
-``python -m jobs.train_lamd`` writes them; with a text-conditioned DMG also ``text_encoder/`` and
-``tokenizer/`` (CLIP).
+``python -m jobs.train_lamd`` writes them; a text-conditioned DMG keeps its frozen CLIP text
+encoder in ``dmg/text_encoder/`` and ``dmg/tokenizer/``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ COMPONENTS: dict[str, ComponentSpec] = {
     "mcd_vae": ComponentSpec("stages.edit.lamd.mcd_vae", "MCDVAE"),
     "dmg": ComponentSpec("stages.edit.lamd.dmg", "MotionGenerator"),
 }
+# inside the DMG's folder (``dmg``, else ``model``/dmg), unless text_encoder/tokenizer name their own
 TEXT_COMPONENTS: dict[str, ComponentSpec] = {
     "text_encoder": ComponentSpec("transformers", "CLIPTextModel"),
     "tokenizer": ComponentSpec("transformers", "CLIPTokenizer", "tokenizer_config.json"),
@@ -32,7 +33,8 @@ class LamdConfig:
     """LaMD image-to-video.
 
     Models: ``model`` is the trained folder (``mcd_vae/``, ``dmg/``); ``mcd_vae``/``dmg``/
-    ``text_encoder``/``tokenizer`` name a component's own folder instead. ``dtype``/``device`` as
+    ``text_encoder``/``tokenizer`` name a component's own folder instead (the text parts are
+    loaded only for a DMG trained with text, from its folder by default). ``dtype``/``device`` as
     every stage (``pipeline/devices.py``; float32 on the CPU).
 
     Sampling: ``num_inference_steps`` K = 200 DDIM steps over the DMG's 1000 training steps with
@@ -71,6 +73,10 @@ class LamdConfig:
             raise ConfigError(f"fps must be > 0 or null, got {self.fps}")
         if self.preview_width < 16:
             raise ConfigError(f"preview_width must be >= 16, got {self.preview_width}")
+
+    def dmg_folder(self) -> str:
+        """The DMG's folder: ``dmg``, else ``model``/dmg."""
+        return self.dmg or self.model.rstrip("/") + "/dmg"
 
     def check_models(self) -> None:
         """ConfigError unless every model component has a source."""

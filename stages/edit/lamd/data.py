@@ -81,6 +81,13 @@ def decode_windows(uri: str, num_frames: int, stride: int, size: int, max_window
     return video_windows(frames, num_frames, stride, size)[:max_windows]
 
 
+def batch_prompts(batch, default: str) -> list[str]:
+    """The prompts of a training batch: a Ray Data batch's ``prompt`` column, else ``default`` per clip."""
+    if isinstance(batch, dict) and "prompt" in batch:
+        return [str(p) if p is not None else "" for p in batch["prompt"]]
+    return [default] * (len(batch["clip"]) if isinstance(batch, dict) else len(batch))
+
+
 def batch_to_video(batch, device: torch.device) -> torch.Tensor:
     """A training batch -> float32 [B, 3, L, H, W] in [-1, 1] on ``device``: a tensor of synthetic
     clips as is, or a Ray Data batch ``{"clip": uint8 [B, L, H, W, 3]}`` of decoded windows."""

@@ -15,6 +15,7 @@ import logging
 import os
 import tempfile
 from dataclasses import fields
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -27,6 +28,7 @@ from stages.edit.base import EditStage, RowFieldError
 from stages.edit.diffusion.loading import check_sources, load_components
 from stages.edit.lamd.config import COMPONENTS, LOAD_FIELDS, TEXT_COMPONENTS, LamdConfig
 from stages.edit.lamd.sampler import sample_motion
+from stages.edit.lamd.text import encode_prompts
 from stages.edit.revideo.inputs import read_image
 
 log = logging.getLogger(__name__)
@@ -77,7 +79,9 @@ class LamdStage(EditStage):
         self.dtype = devices.resolve_dtype(cfg.dtype, self.device)
         models = load_components(cfg, COMPONENTS)
         if models["dmg"].config.text_embed_dim:
-            models.update(load_components(cfg, TEXT_COMPONENTS))
+            text_source = SimpleNamespace(model=cfg.dmg_folder(), text_encoder=cfg.text_encoder,
+                                          tokenizer=cfg.tokenizer)
+            models.update(load_components(text_source, TEXT_COMPONENTS))
         check_compatible(models["mcd_vae"], models["dmg"])
         for module in models.values():
             if isinstance(module, torch.nn.Module):
@@ -139,10 +143,7 @@ class LamdStage(EditStage):
         if "text_encoder" not in self.models:
             return None
         text = prompt if isinstance(prompt, str) else ""
-        tokenizer = self.models["tokenizer"]
-        ids = tokenizer([text], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids
-        return self.models["text_encoder"](ids.to(self.device))[0].to(self.dtype)
+        return encode_prompts(self.models["text_encoder"], self.models["tokenizer"], [text]).to(self.dtype)
 
     def write_samples(self, row: dict, samples: list[np.ndarray], config: LamdConfig) -> None:
         vid, job = storage.safe_id(str(row["video_id"])), storage.safe_id(str(row["job_id"]))

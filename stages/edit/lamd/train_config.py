@@ -98,10 +98,14 @@ class VaePhaseConfig:
 @dataclass(frozen=True)
 class DmgPhaseConfig:
     """Phase ``dmg``: L_simple on the frozen MCD-VAE at ``mcd_vae`` (default: the run's own
-    ``{output}/model/mcd_vae``)."""
+    ``{output}/model/mcd_vae``). ``text_model``: a folder (local, fsspec URL or hub id) with
+    ``text_encoder/`` and ``tokenizer/`` (CLIP, e.g. a Stable Diffusion 1.x folder): the DMG is then
+    conditioned on the clip's prompt too (a manifest's ``prompt`` column; the synthetic clips'
+    description for ``--synthetic``), and the frozen encoder is exported with it."""
 
     model: DmgArgs = field(default_factory=DmgArgs)
     mcd_vae: str | None = None
+    text_model: str | None = None
     batch_size: int = 16
     learning_rate: float = 1e-4
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=20000, checkpoint_every=1000,
