@@ -302,6 +302,10 @@ def gpu_part(smoke: bool, options: dict, report) -> dict:
         out["dmg_peak_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     report(dict(out))
     out["sampling"] = sampling_time(dmg.eval(), frames, steps, device)
+    sampling = out["sampling"]
+    out["headline"] = (f"vae {out['vae_step_s']:.3f} s/step, dmg {out['dmg_step_s']:.3f} s/step (batch {batch}); "
+                       f"K={steps} sampling: dmg {sampling['dmg_seconds']:.2f} s vs 3D "
+                       f"{sampling['video_3d_seconds']:.2f} s")
     report(dict(out))
     return out
 
