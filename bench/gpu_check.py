@@ -4,7 +4,7 @@
     python -m bench.gpu_check --smoke          # every part at tiny sizes on the CPU (run by the tests)
 
 Built for one 10-minute call on one GPU: each part runs in its own process with a wall-time
-budget (the budgets sum to 9 minutes for all eight parts; a part also gets ``options["budget_s"]``,
+budget (the budgets sum to 9 minutes for all nine parts; a part also gets ``options["budget_s"]``,
 85 % of it, to plan its own measurements; ``--budget-scale`` stretches them for a run of a few
 parts), so a slow or hanging part is stopped and the others still run; a stopped part keeps the
 figures it reported before the limit, and its GPU memory is freed with its process. Results go
@@ -29,6 +29,9 @@ to a JSON file and one table on stdout. Parts (bench/gpu_parts.py):
   and peak memory (bench/stablevideo.py).
 * ``train_revideo`` — ReVideo training at 14 x 512 x 320, batch 1, bf16 autocast, random weights:
   seconds per optimizer step and peak memory of stages 1, 3 and 2 (bench/train_revideo.py).
+* ``lamd`` — LaMD's MCD-VAE and DMG at the training config's sizes (64 x 64, L = 16): seconds per
+  training step of each phase at batch 16, peak memory, and K = 200-step sampling time of the DMG
+  against a 3D-UNet latent video baseline of equal widths (bench/lamd.py).
 
 An editing method added later registers its own part: a function in bench/gpu_parts.py (or its
 own bench module) and one line in :data:`PARTS`.
@@ -61,14 +64,15 @@ class Part:
 
 
 PARTS: dict[str, Part] = {p.name: p for p in (
-    Part("tune_a_video", "bench.gpu_parts:tune_a_video", 75.0),
-    Part("depth", "bench.gpu_parts:depth", 40.0),
-    Part("atlas", "bench.gpu_parts:atlas", 100.0),
-    Part("edit_job", "bench.gpu_parts:edit_job", 60.0, smoke_budget_s=90.0),
+    Part("tune_a_video", "bench.gpu_parts:tune_a_video", 70.0),
+    Part("depth", "bench.gpu_parts:depth", 35.0),
+    Part("atlas", "bench.gpu_parts:atlas", 90.0),
+    Part("edit_job", "bench.gpu_parts:edit_job", 55.0, smoke_budget_s=90.0),
     Part("revideo", "bench.revideo:gpu_part", 60.0),
-    Part("dreammotion", "bench.dreammotion:gpu_part", 70.0),
-    Part("stablevideo", "bench.stablevideo:gpu_part", 75.0),
+    Part("dreammotion", "bench.dreammotion:gpu_part", 65.0),
+    Part("stablevideo", "bench.stablevideo:gpu_part", 70.0),
     Part("train_revideo", "bench.train_revideo:gpu_part", 60.0),
+    Part("lamd", "bench.lamd:gpu_part", 35.0),
 )}
 
 

@@ -5,6 +5,7 @@
     vidflow sample ...          = python -m jobs.make_sample ...
     vidflow export ...          = python -m jobs.export ...
     vidflow train-revideo ...   = python -m jobs.train_revideo ...
+    vidflow train-lamd ...      = python -m jobs.train_lamd ...
     vidflow models download --config FILE [--to DIR]
     vidflow config --print [--config FILE] [--job edit|trajectories] [--set key=value ...]
     vidflow env
@@ -51,6 +52,12 @@ def _train_revideo(argv: list[str]) -> int:
     return train_revideo.main(argv)
 
 
+def _train_lamd(argv: list[str]) -> int:
+    from jobs import train_lamd
+
+    return train_lamd.main(argv)
+
+
 def _export(argv: list[str]) -> int:
     from jobs import export
 
@@ -64,6 +71,7 @@ PASSTHROUGH: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "sample": (_sample, "make the synthetic sample (= python -m jobs.make_sample)"),
     "train-revideo": (_train_revideo, "train ReVideo's control module on trajectory shards (= python -m "
                                       "jobs.train_revideo)"),
+    "train-lamd": (_train_lamd, "train LaMD's MCD-VAE and motion generator (= python -m jobs.train_lamd)"),
     "export": (_export, "a finished run as WebDataset shards or Parquet files (= python -m jobs.export)"),
 }
 

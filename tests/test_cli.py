@@ -36,6 +36,7 @@ def test_console_script_is_installed_and_runs():
     (["sample", "--help"], "--count"),
     (["export", "--help"], "--max-shard-bytes"),
     (["train-revideo", "--help"], "--shards"),
+    (["train-lamd", "--help"], "--synthetic"),
 ])
 def test_every_subcommand_has_help(capsys, argv, expect):
     with pytest.raises(SystemExit) as stop:

@@ -17,6 +17,7 @@ _METHODS: dict[str, str] = {
     "revideo": "stages.edit.revideo:ReVideoStage",
     "dreammotion": "stages.edit.dreammotion:DreamMotionStage",
     "stablevideo": "stages.edit.stablevideo:StableVideoStage",
+    "lamd": "stages.edit.lamd:LamdStage",
 }
 
 
