@@ -15,7 +15,7 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -276,11 +276,24 @@ def local_copy(url: str, options: StorageOptions | None = None) -> Iterator[tupl
         return
     if not fs.exists(path):
         raise FileNotFoundError(f"no such object: {url}")
-    suffix = os.path.splitext(path)[1][:8]
+
+    def chunks() -> Iterator[bytes]:
+        with fs.open(path, "rb") as src:
+            while chunk := src.read(1 << 22):
+                yield chunk
+
+    with hashed_temp_copy(chunks(), os.path.splitext(path)[1][:8]) as copied:
+        yield copied
+
+
+@contextlib.contextmanager
+def hashed_temp_copy(chunks: Iterable[bytes], suffix: str = "") -> Iterator[tuple[str, str]]:
+    """Write ``chunks`` to a temporary file, hashing them; yield ``(path, sha256_hex)``; remove it on exit."""
+    digest = hashlib.sha256()
     fd, tmp = tempfile.mkstemp(prefix="vidflow-", suffix=suffix)
     try:
-        with os.fdopen(fd, "wb") as dst, fs.open(path, "rb") as src:
-            while chunk := src.read(1 << 22):
+        with os.fdopen(fd, "wb") as dst:
+            for chunk in chunks:
                 digest.update(chunk)
                 dst.write(chunk)
         yield tmp, digest.hexdigest()

@@ -23,13 +23,11 @@ not a readable tar, become error rows (``WebDatasetSampleError``, ``WebDatasetSh
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import re
 import tarfile
-import tempfile
 from collections.abc import Iterator
 
 from pipeline import storage
@@ -210,14 +208,5 @@ def index_shards_task(batch, options: StorageOptions | None = None):
 def member_local_copy(url: str, options: StorageOptions | None = None) -> Iterator[tuple[str, str]]:
     """Yield ``(local_path, sha256_hex)`` of a member URL's bytes in a temporary file (removed on exit)."""
     _, member, _, _ = parse_member_url(url)
-    digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(prefix="vidflow-member-", suffix=os.path.splitext(member)[1][:8])
-    try:
-        with os.fdopen(fd, "wb") as dst:
-            for data in read_member(url, options):
-                digest.update(data)
-                dst.write(data)
-        yield tmp, digest.hexdigest()
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    with storage.hashed_temp_copy(read_member(url, options), os.path.splitext(member)[1][:8]) as copied:
+        yield copied

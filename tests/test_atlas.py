@@ -152,7 +152,8 @@ def test_edit_lands_at_expected_pixels_and_moves_with_object(fitted, clip, tmp_p
     # the demo's own overlay, default placement (the point deepest inside the foreground) works too
     demo = edit_row(fitted, clip)
     assert demo["status"] == "pending", demo.get("error")
-    assert np.abs(demo["edited_frames"].astype(int) - demo["frames"].astype(int)).max() > 100
+    diff = np.abs(demo["edited_frames"].astype(int) - demo["frames"].astype(int)).max(axis=-1)  # [T, H, W]
+    assert ((diff > 40).sum(axis=(1, 2)) >= 12).all(), (diff > 40).sum(axis=(1, 2))  # visible in every frame
 
 
 def test_replacement_atlas_and_atlas_render(fitted, clip, tmp_path):
