@@ -4,8 +4,9 @@
                               [--phase vae|dmg|all] [--resume] [--set key=value ...]
 
 ``--synthetic`` renders the project's sample clips on the fly (64 x 64, L = 16 by default);
-``--data`` reads a vidflow manifest (or a glob of videos) and trains on decoded windows of its
-``video_uri`` videos (Ray Data). Phase ``vae`` trains the MCD-VAE and exports it to
+``--data`` reads a vidflow manifest (or a glob of videos, WebDataset shards, or a trajectory run's
+output URL: the ``ok`` rows' videos with their captions as prompts) and trains on decoded windows
+of its ``video_uri`` videos (Ray Data). Phase ``vae`` trains the MCD-VAE and exports it to
 ``{output}/model/mcd_vae``; phase ``dmg`` trains the DMG on that frozen MCD-VAE (or
 ``dmg.mcd_vae``) and exports ``{output}/model/dmg``. ``{output}/model`` is then the ``model`` of
 the ``lamd`` method. Checkpoints: ``{output}/ray_train/lamd-vae|lamd-dmg``; metrics:
@@ -23,7 +24,7 @@ import sys
 from jobs.common import EXIT_OK, EXIT_PREFLIGHT, PreflightError, absolute_url, check_output, setup_logging
 from pipeline import storage
 from pipeline.config import ConfigError, load_config
-from pipeline.manifest import ManifestError
+from pipeline.manifest import MANIFEST_EXTENSIONS, ManifestError
 from pipeline.storage import StorageOptions
 from pipeline.training import TrainingRunExistsError, TrainResult, fit
 from stages.edit.lamd.data import decode_windows
@@ -38,7 +39,8 @@ MODEL_DIR = "model"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m jobs.train_lamd", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", help="manifest URL (.parquet/.csv/.jsonl with video_uri) or a glob of videos")
+    source.add_argument("--data", help="manifest URL (.parquet/.csv/.jsonl with video_uri), a glob of videos, "
+                                       "WebDataset .tar shards, or a trajectory run's output URL (its shards' videos)")
     source.add_argument("--synthetic", action="store_true", help="train on synthetic sample clips made on the fly")
     parser.add_argument("--output", required=True, help="output URL (local path, s3://, gs://, memory://)")
     parser.add_argument("--config", help="YAML config file (default: built-in defaults)")
@@ -69,12 +71,34 @@ def _windows(row: dict, data: LamdDataConfig, options: StorageOptions) -> list[d
     return [{"clip": clip, "prompt": prompt} for clip in clips]
 
 
-def window_dataset(url: str, data: LamdDataConfig, options: StorageOptions):
-    """A Ray Data dataset of decoded windows ``{"clip": uint8 [L, size, size, 3]}`` of a manifest's videos."""
-    from pipeline.input_source import describe_input, open_dataset
+def trajectory_shard_files(url: str, options: StorageOptions) -> list[str]:
+    """The Parquet shards of a trajectory run (``{url}/shards/*.parquet``); empty for anything else."""
+    if url.lower().endswith(MANIFEST_EXTENSIONS + (".tar",)) or storage.is_glob(url):
+        return []
+    return [u for u in storage.list_files(storage.join_url(url, "shards"), options) if u.endswith(".parquet")]
 
-    info = describe_input(url, options)
-    ds = open_dataset(info, options)
+
+def _shard_row(row: dict) -> dict:
+    """A trajectory shard row as a manifest row: its video, with the caption as the prompt."""
+    return {"video_uri": row.get("video_uri") if row.get("status") == "ok" else None, "prompt": row.get("caption")}
+
+
+def window_dataset(url: str, data: LamdDataConfig, options: StorageOptions):
+    """A Ray Data dataset of decoded windows ``{"clip": uint8 [L, size, size, 3]}`` of the videos of a
+    manifest, a glob of videos, WebDataset shards, or a trajectory run (its ``ok`` rows' videos and
+    captions, read from the shards' scalar columns only)."""
+    import ray
+
+    from pipeline.input_source import describe_input, open_dataset, pyarrow_filesystem
+
+    shards = trajectory_shard_files(url, options)
+    if shards:
+        fs, _ = pyarrow_filesystem(shards[0], options)
+        paths = [storage.get_fs(u, options)[1] for u in shards]
+        ds = ray.data.read_parquet(paths, filesystem=fs, columns=["video_uri", "caption", "status"],
+                                   partitioning=None).map(_shard_row)
+    else:
+        ds = open_dataset(describe_input(url, options), options)
     return ds.flat_map(_windows, fn_kwargs={"data": data, "options": options})
 
 

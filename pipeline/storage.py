@@ -263,9 +263,16 @@ def fingerprint_of(info: dict) -> str:
 def local_copy(url: str, options: StorageOptions | None = None) -> Iterator[tuple[str, str]]:
     """Yield ``(local_path, sha256_hex)`` for ``url``, hashing while it is copied.
 
-    A local file is hashed in place; a remote one is streamed into a temporary file that is
-    removed on exit. Raises FileNotFoundError when the URL does not exist.
+    A local file is hashed in place; a remote one, or a WebDataset member URL
+    (``tar-member://...``, :mod:`pipeline.webdataset_input`), is streamed into a temporary file
+    that is removed on exit. Raises FileNotFoundError when the URL does not exist.
     """
+    if url.startswith("tar-member://"):
+        from pipeline.webdataset_input import member_local_copy
+
+        with member_local_copy(url, options) as copied:
+            yield copied
+        return
     fs, path = get_fs(url, options)
     digest = hashlib.sha256()
     if protocol_of(url) == "file":

@@ -151,3 +151,23 @@ def test_training_yaml_validates_and_manifest_windows_decode(sample_dir):
     windows = _windows({"video_uri": video}, data, None)
     assert len(windows) == 2 and windows[0]["clip"].shape == (8, 32, 32, 3)  # 36 frames hold two 15-frame spans
     assert _windows({"video_uri": "/no/such.mp4"}, data, None) == []  # a bad video is skipped, not fatal
+
+
+@pytest.mark.slow
+def test_a_trajectory_runs_ok_videos_are_training_windows_with_their_captions(ray_local, sample_dir, tmp_path):
+    import pandas as pd
+
+    from jobs.train_lamd import trajectory_shard_files, window_dataset
+    from jobs.trajectory_shards import ShardStore, shard_schema
+    from stages.edit.lamd.train_config import LamdDataConfig
+
+    video = pd.read_csv(os.path.join(sample_dir, "manifest.csv")).video_uri[0]
+    run = str(tmp_path / "traj")
+    store = ShardStore(run, "r1", shard_schema(), None, subdir="shards")
+    store.write_part([{"job_id": "a", "video_uri": video, "caption": "a red square", "status": "ok", "attempt": 1},
+                      {"job_id": "b", "video_uri": video, "caption": "failed row", "status": "error", "attempt": 1}])
+    assert len(trajectory_shard_files(run, None)) == 1 and trajectory_shard_files(video, None) == []
+    data = LamdDataConfig(size=16, num_frames=4, frame_stride=2, max_windows_per_video=2)
+    windows = window_dataset(run, data, None).take_all()
+    assert len(windows) == 2 and {w["prompt"] for w in windows} == {"a red square"}
+    assert windows[0]["clip"].shape == (4, 16, 16, 3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -13,7 +14,7 @@ import pytest
 import webdataset as wds
 
 from jobs import edit_videos, export
-from pipeline import media, webdataset_input
+from pipeline import media, storage, webdataset_input
 from pipeline.prepare import BAD_INPUT_KEY
 
 FAST = ["--set", "run.num_cpus=2", "--set", "decode.max_frames=6", "--set", "run.progress_seconds=5"]
@@ -56,6 +57,8 @@ def test_index_reads_headers_locates_videos_and_turns_bad_samples_into_error_row
     assert b"".join(webdataset_input.read_member(first["video_uri"])) == video
     with webdataset_input.member_local_copy(first["video_uri"]) as (path, _):
         assert open(path, "rb").read() == video and path.endswith(".mp4")
+    with storage.local_copy(first["video_uri"]) as (path, digest):  # any reader of video URLs gets it too
+        assert open(path, "rb").read() == video and digest == hashlib.sha256(video).hexdigest()
     assert rows[2][BAD_INPUT_KEY].startswith("WebDatasetSampleError: sample 'novideo'") and BAD_INPUT_KEY not in first
     # a truncated shard keeps the samples before the damage and adds one error row for the shard
     data = open(shard, "rb").read()
