@@ -247,9 +247,11 @@ def open_dataset(info: InputInfo, options: StorageOptions | None = None, *, limi
     else:
         fs, path = pyarrow_filesystem(info.url, options)
         if info.kind == "csv":  # read by our task so a malformed record becomes an error row, not a failed read
+            # half the CPU request of the preparation tasks: a different request keeps Ray Data from fusing
+            # them into this one reading task, so the file's blocks are prepared in parallel
             ds = ray.data.from_items([{"url": info.url}]).map_batches(
                 csv_blocks_task, fn_kwargs={"columns": info.columns, "options": options}, batch_size=1,
-                batch_format="pyarrow", num_cpus=num_cpus)
+                batch_format="pyarrow", num_cpus=num_cpus / 2)
         elif info.kind == "parquet":
             ds = ray.data.read_parquet(path, filesystem=fs, partitioning=None, num_cpus=num_cpus)
         else:
