@@ -194,6 +194,13 @@ class ShardWriter:
     def end(self) -> None:
         self._tar.close()
 
+    def discard(self) -> None:
+        """Drop a shard left open by a failure (nothing is uploaded)."""
+        if self._open:
+            self.end()
+            os.unlink(self._path)
+            self._open = False
+
 
 class TarShardWriter(ShardWriter):
     """Exact tar sizes: a 512-byte header per member, data padded to 512 bytes, two zero blocks at
@@ -275,9 +282,7 @@ def export_part(part_url: str, kind: str, to_url: str, prefix: str, fmt: str, li
             result.samples += 1
         writer.close_shard()
     finally:
-        if writer._open:
-            writer.end()
-            os.unlink(writer._path)
+        writer.discard()
     result.shards = writer.written
     return result
 

@@ -138,9 +138,9 @@ def _sample_row(shard_url: str, key: str, members: dict[str, tarfile.TarInfo], s
         except ValueError:
             meta = {}
     caption = _text(small.get("txt")) or (str(meta["caption"]) if meta.get("caption") is not None else None)
+    source_prompt = meta.get("source_prompt") or caption
     row = {"video_id": key, "sample_key": key, "source_shard": shard_url, "caption": caption,
-           "source_prompt": str(meta.get("source_prompt") or caption) if (meta.get("source_prompt") or caption)
-           else None,
+           "source_prompt": str(source_prompt) if source_prompt else None,
            "sample_json": raw_json.decode("utf-8", errors="replace")[:MAX_JSON_BYTES] if raw_json else None}
     for name in ("prompt", "params", "mask_uri"):
         if meta.get(name) is not None:

@@ -77,7 +77,7 @@ class DecodeStage(Stage):
         config = overridden(self.config, row.get("params"))
         uri = row["video_uri"]
         if webdataset_input.is_member_url(uri):
-            return self._decode(row, config, uri, webdataset_input.member_local_copy(uri, self.context.storage),
+            return self._decode(row, config, uri, storage.local_copy(uri, self.context.storage),
                                 webdataset_input.parse_member_url(uri)[3])
         try:
             fs, path = storage.get_fs(uri, self.context.storage)
