@@ -16,7 +16,9 @@ the foreground's (alpha > 0.5), in pixels and as a fraction of the foreground's 
 diameter, and the share of the overlay's pixels that lie on the foreground. ``--segment-only``
 stops after the segmentation (no fit). ``--preset demo`` (default)
 fits with jobs/configs/atlas_edit.yaml's grid, its phases scaled to ``--iterations``;
-``--preset production`` with the stage's defaults. The iteration count is always stated.
+``--preset production`` with the stage's defaults; ``--preset budget`` with the stage's default
+networks and batch but the phases (global rigidity, alpha bootstrap) scaled to ``--iterations``
+like the demo's, for a fixed short budget. The iteration count is always stated.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ def config_for(iterations: int, batch: int | None, preset: str = "demo") -> Atla
     """The fit's config: the demo preset with its phases scaled to ``iterations``, or the production defaults."""
     if preset == "production":
         return from_dict(AtlasConfig, {"iterations": iterations, **({"batch_pixels": batch} if batch else {})})
-    base = {**DEMO, "iterations": iterations, "schedule": {
+    grid = {} if preset == "budget" else DEMO
+    base = {**grid, "iterations": iterations, "schedule": {
         "global_rigidity_until": max(1, int(0.2 * iterations)), "bootstrap_until": max(1, int(0.5 * iterations))}}
     if batch:
         base["batch_pixels"] = batch
@@ -189,9 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=800)
     parser.add_argument("--batch", type=int)
     parser.add_argument("--segment-only", action="store_true")
-    parser.add_argument("--preset", choices=["demo", "production"], default="demo",
+    parser.add_argument("--preset", choices=["demo", "production", "budget"], default="demo",
                         help="demo: jobs/configs/atlas_edit.yaml's grid, phases scaled to --iterations; "
-                             "production: the stage's defaults (paper phases) with --iterations/--batch")
+                             "production: the stage's defaults (paper phases) with --iterations/--batch; "
+                             "budget: the stage's default networks and batch, phases scaled to --iterations")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
