@@ -134,6 +134,10 @@ class AtlasConfig:
     batch_pixels: int = 10000
     identity_scale: float = 0.8
     motion_init: bool = True  # scaled identity composed with each layer's per-frame flow motion
+    # per-frame-pair RANSAC model chained into that motion (masks.layer_motions): the background's
+    # (homography: a camera rotating / moving over a far or planar scene; affine: a similarity) and the object's
+    motion_model: Literal["homography", "affine"] = "homography"
+    fg_motion_model: Literal["homography", "affine"] = "affine"
     hash: HashGridConfig = field(default_factory=HashGridConfig)
     pe: PEConfig = field(default_factory=PEConfig)
     weights: LossWeights = field(default_factory=LossWeights)

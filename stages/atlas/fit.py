@@ -71,7 +71,7 @@ class FitData:
     backward: torch.Tensor
     forward_valid: torch.Tensor  # float [T-1, H, W]
     backward_valid: torch.Tensor
-    motions: np.ndarray | None = None  # float64 [2, T, 2, 3] fg/bg affines, frame-0 px -> frame-t px
+    motions: np.ndarray | None = None  # float64 [2, T, 3, 3] fg/bg maps, frame-0 px -> frame-t px (masks.layer_motions)
 
     @classmethod
     def build(cls, frames: np.ndarray, masks: np.ndarray, flow: FlowField, device: torch.device,

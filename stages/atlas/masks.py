@@ -17,6 +17,7 @@ another aspect ratio, or one with no foreground (or nothing but foreground), is 
 
 from __future__ import annotations
 
+import logging
 import os
 
 import cv2
@@ -28,6 +29,8 @@ from stages.atlas.config import SegmentationConfig, TrackerSettings
 from stages.atlas.flow import FlowField, warp
 from stages.atlas.segmentation import segment
 from stages.atlas.tracks import object_motion
+
+log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif")
 MIN_FRACTION = 1e-4  # a mask with fewer foreground pixels than this fraction is "empty"
@@ -162,37 +165,154 @@ def row_masks(row: dict, flow: FlowField, shape: tuple[int, int, int], source: s
 
 
 
-def _ransac_affine(flow: np.ndarray, valid: np.ndarray, region: np.ndarray, similarity: bool) -> np.ndarray:
-    """3x3 affine (or similarity) fitted to ``flow`` [H, W, 2] over ``region & valid``; identity if too few."""
+MOTION_MODELS = ("homography", "affine")
+MIN_CORRESPONDENCES = 12  # fewer valid flow samples in a region: that pair's step is the identity
+MAX_CORRESPONDENCES = 4000  # flow samples per RANSAC fit
+MIN_HOMOGRAPHY_INLIERS = 40  # and at least a third of the samples; fewer: the pair falls back to the affine
+MAX_STEP_PERSPECTIVE = 1.25  # max / min homogeneous w over a frame's corners for one frame pair
+MAX_CHAIN_PERSPECTIVE = 4.0  # same for the chained map: beyond it frame t's far corners near the horizon
+MAX_AFFINE_DISAGREEMENT = 0.1  # a step's corners may leave the affine's by at most this share of the frame side
+
+
+def _correspondences(flow: np.ndarray, valid: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """float32 [K, 2] source pixels (x, y) of ``region & valid`` and where ``flow`` [H, W, 2] sends them.
+
+    At most ``MAX_CORRESPONDENCES``, spread evenly over the region (row-major); None when fewer
+    than ``MIN_CORRESPONDENCES`` pixels qualify. ``valid`` is the flow's forward-backward check,
+    which already drops the untextured and occluded pixels whose flow is a guess.
+    """
     ys, xs = np.nonzero(region & valid)
-    step = np.eye(3)
-    if len(xs) < 12:
-        return step
-    if len(xs) > 4000:
-        keep = np.linspace(0, len(xs) - 1, 4000).astype(int)
+    if len(xs) < MIN_CORRESPONDENCES:
+        return None
+    if len(xs) > MAX_CORRESPONDENCES:
+        keep = np.linspace(0, len(xs) - 1, MAX_CORRESPONDENCES).astype(int)
         ys, xs = ys[keep], xs[keep]
     src = np.stack([xs, ys], -1).astype(np.float32)
-    dst = src + flow[ys, xs]
+    return src, src + flow[ys, xs]
+
+
+def _ransac_affine(flow: np.ndarray, valid: np.ndarray, region: np.ndarray, similarity: bool) -> np.ndarray:
+    """3x3 affine (or similarity) fitted to ``flow`` [H, W, 2] over ``region & valid``; identity if too few."""
+    step = np.eye(3)
+    pairs = _correspondences(flow, valid, region)
+    if pairs is None:
+        return step
     fit = cv2.estimateAffinePartial2D if similarity else cv2.estimateAffine2D
-    model, _ = fit(src, dst, method=cv2.RANSAC, ransacReprojThreshold=1.0)
+    model, _ = fit(*pairs, method=cv2.RANSAC, ransacReprojThreshold=1.0)
     if model is not None:
         step[:2] = model
     return step
 
 
-def layer_motions(flow: FlowField, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _ransac_homography(flow: np.ndarray, valid: np.ndarray, region: np.ndarray) -> np.ndarray | None:
+    """3x3 homography (``[2, 2] = 1``) fitted by RANSAC to ``flow`` over ``region & valid``.
+
+    None when there are too few samples or inliers (fewer than ``MIN_HOMOGRAPHY_INLIERS`` or a
+    third of the samples): a homography from a handful of points extrapolates wildly.
+    """
+    pairs = _correspondences(flow, valid, region)
+    if pairs is None:
+        return None
+    model, inliers = cv2.findHomography(*pairs, cv2.RANSAC, 1.0, maxIters=2000, confidence=0.995)
+    if model is None or abs(model[2, 2]) < 1e-12:
+        return None
+    count = int(inliers.sum())
+    if count < max(MIN_HOMOGRAPHY_INLIERS, len(pairs[0]) / 3):
+        return None
+    return model / model[2, 2]
+
+
+def corners(shape: tuple[int, int]) -> np.ndarray:
+    """float64 [4, 2] pixel corners (x, y) of an (H, W) frame."""
+    h, w = shape
+    return np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], np.float64)
+
+
+def perspective_ratio(m: np.ndarray, points: np.ndarray) -> float:
+    """max / min homogeneous w of 3x3 ``m`` over ``points`` [K, 2]; inf when a point reaches the horizon.
+
+    1 for an affine; the foreshortening the map applies across the points otherwise.
+    """
+    w = points @ m[2, :2] + m[2, 2]
+    return float(w.max() / w.min()) if w.min() > 1e-9 * max(1.0, abs(w.max())) else float("inf")
+
+
+def apply(m: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """[K, 2] points carried by 3x3 ``m`` with the homogeneous divide (float64)."""
+    p = points @ m[:, :2].T + m[:, 2]
+    return p[:, :2] / p[:, 2:]
+
+
+def homography_ok(step: np.ndarray, affine: np.ndarray, chained: np.ndarray, shape: tuple[int, int]) -> bool:
+    """Whether a frame pair's homography ``step`` (frame t -> t + 1 px) may be used.
+
+    It must keep orientation (the 2x2 part's determinant and the corners' w positive), change
+    perspective little across the frame's corners (``MAX_STEP_PERSPECTIVE``), stay near the
+    pair's affine ``affine`` at the corners (within ``MAX_AFFINE_DISAGREEMENT`` x the larger
+    side: no wild extrapolation from points in one part of the frame), and the chain it makes,
+    ``chained`` (frame 0 -> t + 1), must not send frame t + 1's corners back near the horizon
+    (``MAX_CHAIN_PERSPECTIVE`` over frame t + 1's corners of the inverse chain).
+    """
+    c = corners(shape)
+    if not np.all(np.isfinite(step)) or np.linalg.det(step[:2, :2]) <= 0 or np.linalg.det(step) <= 0:
+        return False
+    if perspective_ratio(step, c) > MAX_STEP_PERSPECTIVE:
+        return False
+    if np.abs(apply(step, c) - apply(affine, c)).max() > MAX_AFFINE_DISAGREEMENT * max(shape):
+        return False
+    if not np.all(np.isfinite(chained)) or np.linalg.det(chained) <= 0:
+        return False
+    back = np.linalg.inv(chained)
+    return perspective_ratio(back / back[2, 2], c) <= MAX_CHAIN_PERSPECTIVE
+
+
+def _chain(flow: FlowField, regions: np.ndarray, model: str, similarity: bool) -> tuple[np.ndarray, int]:
+    """Chained frame-0 -> frame-t motions float64 [T, 3, 3] of one layer, and the pairs that fell back.
+
+    regions: bool [T - 1, H, W], the pixels whose forward flow the layer's step is fitted to.
+    ``model`` "affine": each step is the RANSAC affine (similarity with ``similarity``);
+    "homography": the RANSAC homography where :func:`homography_ok`, else that affine.
+    """
+    shape = regions.shape[1:]
+    out, fallbacks = [np.eye(3)], 0
+    for t in range(len(regions)):
+        fwd, valid = flow.forward[t], flow.forward_valid[t]
+        affine = _ransac_affine(fwd, valid, regions[t], similarity)
+        step = affine
+        if model == "homography":
+            homography = _ransac_homography(fwd, valid, regions[t])
+            chained = None if homography is None else homography @ out[-1]
+            if chained is not None and homography_ok(homography, affine, chained / chained[2, 2], shape):
+                step = homography
+            else:
+                fallbacks += 1
+        nxt = step @ out[-1]
+        out.append(nxt / nxt[2, 2])
+    return np.stack(out), fallbacks
+
+
+def layer_motions(flow: FlowField, masks: np.ndarray, bg_model: str = "homography", fg_model: str = "affine"
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame motions of the two layers, fitted to the flow inside and outside the masks.
 
-    Returns (fg, bg) float64 [T, 2, 3] affines mapping frame-0 pixel coordinates to frame t
-    (fg: affine of the masked object; bg: similarity of the rest). They give the mappings a
-    motion-compensated starting point: the object's tracks summarised per frame.
+    Returns (fg, bg) float64 [T, 3, 3] maps (``[2, 2] = 1``) taking frame-0 pixel coordinates
+    to frame t, chained from one RANSAC fit per frame pair. ``bg_model`` / ``fg_model``
+    (``AtlasConfig.motion_model`` / ``fg_motion_model``): "homography" (a camera rotating or
+    moving over a far or planar scene; a pair whose homography is degenerate falls back to the
+    affine, see :func:`homography_ok`) or "affine" (the background's is a similarity, the
+    object's a full affine). They give the mappings a motion-compensated starting point.
     """
-    t_n = masks.shape[0]
+    for model in (bg_model, fg_model):
+        if model not in MOTION_MODELS:
+            raise ValueError(f"motion model must be one of {MOTION_MODELS}, got {model!r}")
     kernel = np.ones((5, 5), np.uint8)
-    fg, bg = [np.eye(3)], [np.eye(3)]
-    for t in range(t_n - 1):
-        m = masks[t].astype(np.uint8)
-        inside, outside = cv2.erode(m, kernel) > 0, cv2.dilate(m, kernel) == 0
-        fg.append(_ransac_affine(flow.forward[t], flow.forward_valid[t], inside, False) @ fg[-1])
-        bg.append(_ransac_affine(flow.forward[t], flow.forward_valid[t], outside, True) @ bg[-1])
-    return np.stack(fg)[:, :2], np.stack(bg)[:, :2]
+    m = masks[:-1].astype(np.uint8)
+    inside = np.stack([cv2.erode(k, kernel) > 0 for k in m]) if len(m) else np.zeros((0, *masks.shape[1:]), bool)
+    outside = np.stack([cv2.dilate(k, kernel) == 0 for k in m]) if len(m) else inside
+    fg, fg_fallbacks = _chain(flow, inside, fg_model, similarity=False)
+    bg, bg_fallbacks = _chain(flow, outside, bg_model, similarity=True)
+    if fg_fallbacks or bg_fallbacks:
+        log.info("layer motions: %d fg / %d bg of %d frame pairs fell back from the homography to the affine",
+                 fg_fallbacks if fg_model == "homography" else 0, bg_fallbacks if bg_model == "homography" else 0,
+                 len(m))
+    return fg, bg

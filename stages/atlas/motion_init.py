@@ -1,13 +1,14 @@
 """Motion-compensated starting point of the layer mappings (``motion_init``; see docs/atlas.md).
 
-Each layer's per-frame motion (float64 [T, 2, 3] affines taking frame-0 pixels to frame-t
-pixels, from :func:`stages.atlas.masks.layer_motions`) becomes a frame-t -> atlas affine on
-network coordinates (pixels / half the larger side - 1), so that at initialisation every frame
-maps its layer onto the same atlas place. When the frames carried back this way cover more
+Each layer's per-frame motion (float64 [T, 3, 3] homographies or affines taking frame-0 pixels
+to frame-t pixels, from :func:`stages.atlas.masks.layer_motions`) becomes a frame-t -> atlas
+projective map on network coordinates (pixels / half the larger side - 1), so that at
+initialisation every frame maps its layer onto the same atlas place (``uv ~ (M p)[:2] / (M p)[2]``). When the frames carried back this way cover more
 than the atlas domain ``[-1, 1] ** 2`` — a camera pan, an object crossing the frame — the layer
 is shrunk (by ``scale`` <= 1) and re-centred so all of it fits: otherwise later frames would be
 clamped onto the atlas border and could never be reconstructed. The fit then measures that
 layer's rigidity and flow in its own units (``scale`` x ``identity_scale`` uv per network unit).
+Maps are normalised so ``M[2, 2] = 1``; an affine keeps ``M[2] = (0, 0, 1)``.
 """
 
 from __future__ import annotations
@@ -21,12 +22,31 @@ def to_network(half: float) -> np.ndarray:
     return np.array([[1 / half, 0, -1], [0, 1 / half, -1], [0, 0, 1]])
 
 
+def homogeneous(maps: np.ndarray) -> np.ndarray:
+    """[..., 3, 3] maps from [..., 2, 3] affines (a last row (0, 0, 1) added) or [..., 3, 3] as they are."""
+    maps = np.asarray(maps, np.float64)
+    if maps.shape[-2:] == (3, 3):
+        return maps
+    last = np.broadcast_to(np.array([0.0, 0.0, 1.0]), (*maps.shape[:-2], 1, 3))
+    return np.concatenate([maps, last], -2)
+
+
+def carry(m: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """[K, 2] points carried by the 3x3 map ``m`` with the homogeneous divide."""
+    p = points @ m[:, :2].T + m[:, 2]
+    return p[:, :2] / p[:, 2:]
+
+
 def frame_to_reference(motions: np.ndarray, half: float) -> np.ndarray:
-    """float64 [T, 3, 3]: network xy of frame t -> network xy of frame 0 (inverse of each motion)."""
+    """float64 [T, 3, 3]: network xy of frame t -> network xy of frame 0 (inverse of each motion).
+
+    motions: [T, 3, 3] (or [T, 2, 3] affines) frame-0 -> frame-t pixel maps.
+    """
     net = to_network(half)
     out = np.empty((len(motions), 3, 3))
-    for t, m in enumerate(motions):
-        out[t] = net @ np.linalg.inv(np.vstack([m, [0, 0, 1]])) @ np.linalg.inv(net)
+    for t, m in enumerate(homogeneous(motions)):
+        out[t] = net @ np.linalg.inv(m) @ np.linalg.inv(net)
+        out[t] /= out[t, 2, 2]
     return out
 
 
@@ -53,38 +73,39 @@ def layer_points(shape: tuple[int, int, int], half: float, masks: np.ndarray | N
     return out
 
 
-def fit_to_atlas(affines: np.ndarray, points: list[np.ndarray]) -> tuple[np.ndarray, float]:
-    """Shrink and re-centre per-frame affines [T, 3, 3] so the carried points fit in [-1, 1] ** 2.
+def fit_to_atlas(maps: np.ndarray, points: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    """Shrink and re-centre per-frame maps [T, 3, 3] so the carried points fit in [-1, 1] ** 2.
 
-    Returns the new affines and the scale (1.0, affines unchanged, when everything already fits).
+    The points are carried projectively (:func:`carry`); the shrink is a similarity applied
+    after the maps, so it keeps them projective maps. Returns the new maps and the scale (1.0,
+    maps unchanged, when everything already fits).
     """
-    carried = [pts @ a[:2, :2].T + a[:2, 2] for a, pts in zip(affines, points) if len(pts)]
+    carried = [carry(m, pts) for m, pts in zip(maps, points) if len(pts)]
     if not carried:
-        return affines, 1.0
+        return maps, 1.0
     allp = np.concatenate(carried)
     lo, hi = allp.min(0), allp.max(0)
     if lo.min() >= -1.0 and hi.max() <= 1.0:
-        return affines, 1.0
+        return maps, 1.0
     scale = min(1.0, 2.0 / float((hi - lo).max()))
     centre = (lo + hi) / 2.0
     fit = np.array([[scale, 0, -scale * centre[0]], [0, scale, -scale * centre[1]], [0, 0, 1]])
-    return fit @ affines, scale
+    return fit @ maps, scale
 
 
 def compensation(motions: np.ndarray, shape: tuple[int, int, int], masks: np.ndarray | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frame-t -> atlas affines float32 [2, T, 2, 3] and per-layer scales float32 [2] (fg, bg).
+    """Frame-t -> atlas maps float32 [2, T, 3, 3] and per-layer scales float32 [2] (fg, bg).
 
-    motions: float64 [2, T, 2, 3] frame-0 -> frame-t pixel affines of the two layers; shape
-    (T, H, W); masks: bool [T, H, W] of the foreground (bounds the fg layer; the bg layer is
+    motions: float64 [2, T, 3, 3] (or [2, T, 2, 3] affines) frame-0 -> frame-t pixel maps of the
+    two layers; shape (T, H, W); masks: bool [T, H, W] of the foreground (bounds the fg layer; the bg layer is
     bounded by the whole frame).
     """
     t_n, h, w = shape
     half = (max(h, w) - 1) / 2.0
     out, scales = [], []
     for layer, layer_masks in ((0, masks), (1, None)):
-        affines, scale = fit_to_atlas(frame_to_reference(motions[layer], half),
-                                      layer_points(shape, half, layer_masks))
-        out.append(affines[:, :2])
+        maps, scale = fit_to_atlas(frame_to_reference(motions[layer], half), layer_points(shape, half, layer_masks))
+        out.append(maps)
         scales.append(scale)
     return torch.from_numpy(np.stack(out)).float(), torch.tensor(scales, dtype=torch.float32)

@@ -10,7 +10,8 @@ exactly at initialisation. Alpha is ``0.5 (tanh + 1)`` squeezed into ``[0.005, 0
 
 Precision: under autocast (bfloat16 on CUDA) the geometry stays float32. Coordinates, the
 encodings (hash-grid corner weights and interpolation, positional encodings), the per-frame
-motion compensation and the whole foreground/background *mapping* fields (encoding, MLP and
+motion compensation (a projective map with its homogeneous divide) and the whole
+foreground/background *mapping* fields (encoding, MLP and
 output: ``uv``, whose 1 px differences feed the rigidity, gradient and flow terms) run with
 autocast disabled. Only the alpha and atlas-colour MLP trunks run in the autocast dtype; their
 outputs are cast back to float32. A bfloat16 step near 1.0 is 2^-7, i.e. ~3 px at 768 px wide.
@@ -77,8 +78,11 @@ class LayeredAtlas(nn.Module):
         self.kind = config.encoding
         self.scale = config.identity_scale
         self.num_frames = num_frames
-        # per-frame affines [2 layers, T, 2, 3] in network coordinates, frame t -> atlas (identity: none)
-        eye = torch.eye(2, 3).expand(2, num_frames, 2, 3).clone()
+        # per-frame projective maps [2 layers, T, 3, 3] in network coordinates, frame t -> atlas (identity:
+        # none); [2, T, 2, 3] affines are accepted and given the last row (0, 0, 1)
+        eye = torch.eye(3).expand(2, num_frames, 3, 3).clone()
+        if motions is not None and motions.shape[-2] == 2:
+            motions = torch.cat([motions.float(), eye[..., 2:, :].to(motions.device)], -2)
         self.register_buffer("motions", eye if motions is None else motions.float().clone())
         # per-layer shrink of the motion-compensated identity so a whole layer fits the atlas (motion_init.py)
         self.register_buffer("layer_scales", torch.ones(2) if layer_scales is None else layer_scales.float().clone())
@@ -128,10 +132,18 @@ class LayeredAtlas(nn.Module):
         return {k: out[k] for k in (f"uv_{w}" if w != "alpha" else w for w in which)}
 
     def compensate(self, xyt: torch.Tensor, layer: int) -> torch.Tensor:
-        """xy [N, 2] of xyt carried back to frame 0 by the layer's per-frame motion."""
-        t_idx = ((xyt[:, 2] + 1.0) * 0.5 * (self.num_frames - 1)).round().long().clamp(0, self.num_frames - 1)
-        m = self.motions[layer][t_idx]  # [N, 2, 3]
-        return (m[:, :, :2] @ xyt[:, :2, None])[:, :, 0] + m[:, :, 2]
+        """xy [N, 2] of xyt carried back to frame 0 by the layer's per-frame projective map (float32).
+
+        ``(M [x, y, 1])[:2] / (M [x, y, 1])[2]``, autocast off. The denominator is clamped at
+        1e-6: motion_init's maps keep every frame's corners well away from the horizon
+        (:func:`stages.atlas.masks.homography_ok`), so the clamp only guards points far outside.
+        """
+        with full_precision(xyt):
+            xyt = xyt.float()
+            t_idx = ((xyt[:, 2] + 1.0) * 0.5 * (self.num_frames - 1)).round().long().clamp(0, self.num_frames - 1)
+            m = self.motions[layer][t_idx]  # [N, 3, 3]
+            p = (m[:, :, :2] @ xyt[:, :2, None])[:, :, 0] + m[:, :, 2]
+            return p[:, :2] / p[:, 2:].clamp_min(1e-6)
 
     def uv_fg(self, xyt: torch.Tensor) -> torch.Tensor:
         """xyt [N, 3] -> foreground atlas coordinates uv [N, 2]."""
