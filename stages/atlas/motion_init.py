@@ -3,11 +3,12 @@
 Each layer's per-frame motion (float64 [T, 3, 3] homographies or affines taking frame-0 pixels
 to frame-t pixels, from :func:`stages.atlas.masks.layer_motions`) becomes a frame-t -> atlas
 projective map on network coordinates (pixels / half the larger side - 1), so that at
-initialisation every frame maps its layer onto the same atlas place (``uv ~ (M p)[:2] / (M p)[2]``). When the frames carried back this way cover more
-than the atlas domain ``[-1, 1] ** 2`` — a camera pan, an object crossing the frame — the layer
-is shrunk (by ``scale`` <= 1) and re-centred so all of it fits: otherwise later frames would be
-clamped onto the atlas border and could never be reconstructed. The fit then measures that
-layer's rigidity and flow in its own units (``scale`` x ``identity_scale`` uv per network unit).
+initialisation every frame maps its layer onto the same atlas place (``uv ~ (M p)[:2] / (M p)[2]``).
+When the frames carried back this way cover more than the atlas domain ``[-1, 1] ** 2`` — a
+camera pan, an object crossing the frame — the layer is shrunk (by ``scale`` <= 1) and
+re-centred so all of it fits: otherwise later frames would be clamped onto the atlas border and
+could never be reconstructed. The fit then measures that layer's rigidity and flow in its own
+units (``scale`` x ``identity_scale`` uv per network unit).
 Maps are normalised so ``M[2, 2] = 1``; an affine keeps ``M[2] = (0, 0, 1)``.
 """
 
