@@ -175,3 +175,30 @@ def test_unknown_motion_model_is_refused():
     flow = homography_flow(np.stack([np.eye(3)]), 2, 16)
     with pytest.raises(ValueError, match="motion model"):
         layer_motions(flow, np.zeros((2, 16, 16), bool), bg_model="planes")
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_rigidity_at_init_relative_to_the_compensation(clip, relative):
+    """At initialisation the residual is zero: measured against the init, both rigidity terms sit at their minimum."""
+    from stages.atlas.fit import FitData, Normaliser, training_losses
+
+    frames, truth, flow = clip
+    masks = np.zeros(frames.shape[:3], bool)
+    data = FitData.build(frames, masks, flow, torch.device("cpu"), np.stack([truth, truth]))
+    config = AtlasConfig(batch_pixels=512, rigidity_relative_to_init=relative)
+    comp, scales = compensation(data.motions, frames.shape[:3], masks)
+    model = LayeredAtlas(config, FRAMES, comp, scales)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        terms = training_losses(model, data, Normaliser(*frames.shape[:3]), config, 0, generator, torch.device("cpu"))
+    eps = 1e-3
+    rotation_minimum = np.sqrt(2) * (1 + eps) + np.sqrt(2) / (1 + eps)  # symmetric Dirichlet of a rotation
+    w = config.weights
+    rigidity_min = 2 * w.rigidity * rotation_minimum
+    global_min = (w.global_rigidity_fg + w.global_rigidity_bg) * rotation_minimum
+    if relative:
+        assert float(terms["rigidity"]) == pytest.approx(rigidity_min, rel=1e-4)
+        assert float(terms["global_rigidity"]) == pytest.approx(global_min, rel=1e-4)
+    else:  # the whole mapping: the projective init is not an isometry, the terms pull it away
+        assert float(terms["rigidity"]) > rigidity_min * 1.001
+        assert float(terms["global_rigidity"]) > global_min * 1.005

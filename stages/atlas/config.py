@@ -138,6 +138,8 @@ class AtlasConfig:
     # (homography: a camera rotating / moving over a far or planar scene; affine: a similarity) and the object's
     motion_model: Literal["homography", "affine"] = "homography"
     fg_motion_model: Literal["homography", "affine"] = "affine"
+    # rigidity terms on the mapping's Jacobian relative to its motion-compensated init (fit.relative_to)
+    rigidity_relative_to_init: bool = False
     hash: HashGridConfig = field(default_factory=HashGridConfig)
     pe: PEConfig = field(default_factory=PEConfig)
     weights: LossWeights = field(default_factory=LossWeights)

@@ -93,6 +93,33 @@ class FitResult:
     final_losses: dict[str, float]
 
 
+def init_jacobians(model: LayeredAtlas, pts: torch.Tensor, layer: int, n: int, step_uv: float) -> torch.Tensor:
+    """[n, 2, 2] finite-difference Jacobians of a layer's initial mapping (``identity_scale`` x compensation).
+
+    pts: [3n, 3] network xyt at p, p + step in x, p + step in y (as the rigidity terms sample
+    them); same normalisation as :func:`stages.atlas.losses.jacobian_fd`, so it is the identity
+    where the compensation is the layer's shrunk identity. No gradient: the compensation is fixed.
+    """
+    with torch.no_grad():
+        c = (model.scale * model.compensate(pts, layer)).split(n)
+        return L.jacobian_fd(c[0], c[1], c[2], step_uv)
+
+
+def relative_to(jac: torch.Tensor, init: torch.Tensor | None) -> torch.Tensor:
+    """``jac @ init^-1`` [N, 2, 2]: the mapping's Jacobian measured against its initial mapping's.
+
+    With ``rigidity_relative_to_init`` the rigidity terms penalise only what the learned residual
+    adds to the motion-compensated init (a projective init is not an isometry: without this the
+    terms would push a homography-compensated layer back towards a similarity). None: ``jac``.
+    """
+    if init is None:
+        return jac
+    a, b, c, d = init[:, 0, 0], init[:, 0, 1], init[:, 1, 0], init[:, 1, 1]
+    det = (a * d - b * c)[:, None, None]
+    inverse = torch.stack([torch.stack([d, -b], -1), torch.stack([-c, a], -1)], -2) / det
+    return jac @ inverse
+
+
 def training_losses(model: LayeredAtlas, data: FitData, norm: Normaliser, config: AtlasConfig, iteration: int,
                     generator: torch.Generator, device: torch.device,
                     amp: torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -142,9 +169,12 @@ def training_losses(model: LayeredAtlas, data: FitData, norm: Normaliser, config
     terms: dict[str, torch.Tensor] = {}
     terms["rgb"] = weights.rgb * L.rgb_loss(rgb[0], target)
     terms["gradient"] = weights.gradient * L.gradient_loss(rgb[0], rgb[1], rgb[2], target, target_dx, target_dy)
+    relative = config.rigidity_relative_to_init
+    init_f = init_jacobians(model, pts, 0, n, rigid / px_fg) if relative else None
+    init_b = init_jacobians(model, pts, 1, n, rigid / px_bg) if relative else None
     terms["rigidity"] = weights.rigidity * (
-        L.symmetric_dirichlet(L.jacobian_fd(uvf[0], uvf[1], uvf[2], rigid / px_fg))
-        + L.symmetric_dirichlet(L.jacobian_fd(uvb[0], uvb[1], uvb[2], rigid / px_bg)))
+        L.symmetric_dirichlet(relative_to(L.jacobian_fd(uvf[0], uvf[1], uvf[2], rigid / px_fg), init_f))
+        + L.symmetric_dirichlet(relative_to(L.jacobian_fd(uvb[0], uvb[1], uvb[2], rigid / px_bg), init_b)))
     a_here = alpha.detach()
     valid = torch.cat([valid_f, valid_b])
     a2 = torch.cat([a_here, a_here])
@@ -155,9 +185,14 @@ def training_losses(model: LayeredAtlas, data: FitData, norm: Normaliser, config
     terms["sparsity"] = weights.sparsity * L.sparsity_loss(out["rgb_fg"].float()[:n], alpha)
     if early:
         gf, gb = uvf_g.float().split(n), uvb_g.float().split(n)
+        here_and_g = torch.cat([pts[:n], gpts])
+        ginit_f = init_jacobians(model, here_and_g, 0, n, g / px_fg) if relative else None
+        ginit_b = init_jacobians(model, here_and_g, 1, n, g / px_bg) if relative else None
         terms["global_rigidity"] = (
-            weights.global_rigidity_fg * L.symmetric_dirichlet(L.jacobian_fd(uvf[0], gf[0], gf[1], g / px_fg))
-            + weights.global_rigidity_bg * L.symmetric_dirichlet(L.jacobian_fd(uvb[0], gb[0], gb[1], g / px_bg)))
+            weights.global_rigidity_fg * L.symmetric_dirichlet(
+                relative_to(L.jacobian_fd(uvf[0], gf[0], gf[1], g / px_fg), ginit_f))
+            + weights.global_rigidity_bg * L.symmetric_dirichlet(
+                relative_to(L.jacobian_fd(uvb[0], gb[0], gb[1], g / px_bg), ginit_b)))
     if iteration < sched.bootstrap_until:
         terms["bootstrap"] = weights.bootstrap * L.bootstrap_loss(alpha, data.masks[t, y, x])
     terms["total"] = sum(terms.values())
