@@ -132,7 +132,7 @@ class LayeredAtlas(nn.Module):
         return {k: out[k] for k in (f"uv_{w}" if w != "alpha" else w for w in which)}
 
     def compensate(self, xyt: torch.Tensor, layer: int) -> torch.Tensor:
-        """xy [N, 2] of xyt carried back to frame 0 by the layer's per-frame projective map (float32).
+        """xy [N, 2] of xyt carried to the atlas by the layer's per-frame projective map (float32).
 
         ``(M [x, y, 1])[:2] / (M [x, y, 1])[2]``, autocast off. The denominator is clamped at
         1e-6: motion_init's maps keep every frame's corners well away from the horizon
