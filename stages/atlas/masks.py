@@ -172,6 +172,8 @@ MIN_HOMOGRAPHY_INLIERS = 40  # and at least a third of the samples; fewer: the p
 MAX_STEP_PERSPECTIVE = 1.25  # max / min homogeneous w over a frame's corners for one frame pair
 MAX_CHAIN_PERSPECTIVE = 4.0  # same for the chained map: beyond it frame t's far corners near the horizon
 MAX_AFFINE_DISAGREEMENT = 0.1  # a step's corners may leave the affine's by at most this share of the frame side
+HOMOGRAPHY_GAIN = 0.85  # a pair uses its homography only when it leaves at most this share of the affine's residual
+RESIDUAL_CAP_PX = 2.0  # per-sample residuals are capped here (outliers count the same for both models)
 
 
 def _correspondences(flow: np.ndarray, valid: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -191,10 +193,9 @@ def _correspondences(flow: np.ndarray, valid: np.ndarray, region: np.ndarray) ->
     return src, src + flow[ys, xs]
 
 
-def _ransac_affine(flow: np.ndarray, valid: np.ndarray, region: np.ndarray, similarity: bool) -> np.ndarray:
-    """3x3 affine (or similarity) fitted to ``flow`` [H, W, 2] over ``region & valid``; identity if too few."""
+def _fit_affine(pairs: tuple[np.ndarray, np.ndarray] | None, similarity: bool) -> np.ndarray:
+    """3x3 RANSAC affine (or similarity) of correspondences; identity when there are none or it fails."""
     step = np.eye(3)
-    pairs = _correspondences(flow, valid, region)
     if pairs is None:
         return step
     fit = cv2.estimateAffinePartial2D if similarity else cv2.estimateAffine2D
@@ -204,22 +205,36 @@ def _ransac_affine(flow: np.ndarray, valid: np.ndarray, region: np.ndarray, simi
     return step
 
 
-def _ransac_homography(flow: np.ndarray, valid: np.ndarray, region: np.ndarray) -> np.ndarray | None:
-    """3x3 homography (``[2, 2] = 1``) fitted by RANSAC to ``flow`` over ``region & valid``.
+def _ransac_affine(flow: np.ndarray, valid: np.ndarray, region: np.ndarray, similarity: bool) -> np.ndarray:
+    """3x3 affine (or similarity) fitted to ``flow`` [H, W, 2] over ``region & valid``; identity if too few."""
+    return _fit_affine(_correspondences(flow, valid, region), similarity)
+
+
+def _fit_homography(pairs: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray | None:
+    """3x3 RANSAC homography (``[2, 2] = 1``) of correspondences, or None.
 
     None when there are too few samples or inliers (fewer than ``MIN_HOMOGRAPHY_INLIERS`` or a
     third of the samples): a homography from a handful of points extrapolates wildly.
     """
-    pairs = _correspondences(flow, valid, region)
     if pairs is None:
         return None
     model, inliers = cv2.findHomography(*pairs, cv2.RANSAC, 1.0, maxIters=2000, confidence=0.995)
     if model is None or abs(model[2, 2]) < 1e-12:
         return None
-    count = int(inliers.sum())
-    if count < max(MIN_HOMOGRAPHY_INLIERS, len(pairs[0]) / 3):
+    if int(inliers.sum()) < max(MIN_HOMOGRAPHY_INLIERS, len(pairs[0]) / 3):
         return None
     return model / model[2, 2]
+
+
+def _ransac_homography(flow: np.ndarray, valid: np.ndarray, region: np.ndarray) -> np.ndarray | None:
+    """:func:`_fit_homography` of ``flow`` [H, W, 2] over ``region & valid``."""
+    return _fit_homography(_correspondences(flow, valid, region))
+
+
+def residual(m: np.ndarray, pairs: tuple[np.ndarray, np.ndarray]) -> float:
+    """Mean px distance between ``m`` applied to the sources and the targets, each capped at ``RESIDUAL_CAP_PX``."""
+    src, dst = pairs
+    return float(np.minimum(np.linalg.norm(apply(m, src.astype(np.float64)) - dst, axis=1), RESIDUAL_CAP_PX).mean())
 
 
 def corners(shape: tuple[int, int]) -> np.ndarray:
@@ -266,29 +281,36 @@ def homography_ok(step: np.ndarray, affine: np.ndarray, chained: np.ndarray, sha
     return perspective_ratio(back / back[2, 2], c) <= MAX_CHAIN_PERSPECTIVE
 
 
-def _chain(flow: FlowField, regions: np.ndarray, model: str, similarity: bool) -> tuple[np.ndarray, int]:
-    """Chained frame-0 -> frame-t motions float64 [T, 3, 3] of one layer, and the pairs that fell back.
+def _chain(flow: FlowField, regions: np.ndarray, model: str, similarity: bool) -> tuple[np.ndarray, dict]:
+    """Chained frame-0 -> frame-t motions float64 [T, 3, 3] of one layer, and how many pairs used what.
 
     regions: bool [T - 1, H, W], the pixels whose forward flow the layer's step is fitted to.
     ``model`` "affine": each step is the RANSAC affine (similarity with ``similarity``);
-    "homography": the RANSAC homography where :func:`homography_ok`, else that affine.
+    "homography": the RANSAC homography where it explains the pair's flow clearly better than
+    that affine (capped mean residual at most ``HOMOGRAPHY_GAIN`` of the affine's: a
+    translating or zooming view keeps its exact affine instead of a noise-fitted perspective)
+    and :func:`homography_ok` accepts it; else the affine.
     """
     shape = regions.shape[1:]
-    out, fallbacks = [np.eye(3)], 0
+    out, counts = [np.eye(3)], {"homography": 0, "affine": 0, "fallback": 0}
     for t in range(len(regions)):
-        fwd, valid = flow.forward[t], flow.forward_valid[t]
-        affine = _ransac_affine(fwd, valid, regions[t], similarity)
-        step = affine
+        pairs = _correspondences(flow.forward[t], flow.forward_valid[t], regions[t])
+        affine = _fit_affine(pairs, similarity)
+        step, used = affine, "affine"
         if model == "homography":
-            homography = _ransac_homography(fwd, valid, regions[t])
-            chained = None if homography is None else homography @ out[-1]
-            if chained is not None and homography_ok(homography, affine, chained / chained[2, 2], shape):
-                step = homography
-            else:
-                fallbacks += 1
+            homography = _fit_homography(pairs)
+            if homography is None:
+                used = "fallback"
+            elif residual(homography, pairs) <= HOMOGRAPHY_GAIN * residual(affine, pairs):
+                chained = homography @ out[-1]
+                if homography_ok(homography, affine, chained / chained[2, 2], shape):
+                    step, used = homography, "homography"
+                else:
+                    used = "fallback"
+        counts[used] += 1
         nxt = step @ out[-1]
         out.append(nxt / nxt[2, 2])
-    return np.stack(out), fallbacks
+    return np.stack(out), counts
 
 
 def layer_motions(flow: FlowField, masks: np.ndarray, bg_model: str = "homography", fg_model: str = "affine"
@@ -298,8 +320,8 @@ def layer_motions(flow: FlowField, masks: np.ndarray, bg_model: str = "homograph
     Returns (fg, bg) float64 [T, 3, 3] maps (``[2, 2] = 1``) taking frame-0 pixel coordinates
     to frame t, chained from one RANSAC fit per frame pair. ``bg_model`` / ``fg_model``
     (``AtlasConfig.motion_model`` / ``fg_motion_model``): "homography" (a camera rotating or
-    moving over a far or planar scene; a pair whose homography is degenerate falls back to the
-    affine, see :func:`homography_ok`) or "affine" (the background's is a similarity, the
+    moving over a far or planar scene; a pair keeps the affine where the homography explains
+    its flow no better, or is degenerate, see :func:`_chain`) or "affine" (the background's is a similarity, the
     object's a full affine). They give the mappings a motion-compensated starting point.
     """
     for model in (bg_model, fg_model):
@@ -309,10 +331,8 @@ def layer_motions(flow: FlowField, masks: np.ndarray, bg_model: str = "homograph
     m = masks[:-1].astype(np.uint8)
     inside = np.stack([cv2.erode(k, kernel) > 0 for k in m]) if len(m) else np.zeros((0, *masks.shape[1:]), bool)
     outside = np.stack([cv2.dilate(k, kernel) == 0 for k in m]) if len(m) else inside
-    fg, fg_fallbacks = _chain(flow, inside, fg_model, similarity=False)
-    bg, bg_fallbacks = _chain(flow, outside, bg_model, similarity=True)
-    if fg_fallbacks or bg_fallbacks:
-        log.info("layer motions: %d fg / %d bg of %d frame pairs fell back from the homography to the affine",
-                 fg_fallbacks if fg_model == "homography" else 0, bg_fallbacks if bg_model == "homography" else 0,
-                 len(m))
+    fg, fg_counts = _chain(flow, inside, fg_model, similarity=False)
+    bg, bg_counts = _chain(flow, outside, bg_model, similarity=True)
+    log.info("layer motions over %d frame pairs: fg %s, bg %s (fallback: a degenerate homography)", len(m),
+             fg_counts, bg_counts)
     return fg, bg

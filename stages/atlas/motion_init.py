@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+REFERENCE_GAIN = 1.02  # another frame becomes a layer's reference only when its atlas scale is this much larger
+
 
 def to_network(half: float) -> np.ndarray:
     """[3, 3] homogeneous map from pixel (x, y) to network coordinates ``p / half - 1``."""
@@ -101,15 +103,14 @@ def reference_frame(motions: np.ndarray, half: float, points: list[np.ndarray]) 
     the chain to frame r (``M_t M_r^-1``) does not change which pixels meet, only the plane the
     atlas is drawn in: a similarity chain gives about the same extent from every frame, but a
     homography chain of a turning camera stretches the frames far from the reference (car-turn,
-    70 frames: atlas scale 0.275 from frame 0, 0.319 from frame 50). Ties keep the earliest frame.
+    70 frames: atlas scale 0.275 from frame 0, 0.319 from frame 50). Frame 0 is kept unless another
+    frame gives a scale ``REFERENCE_GAIN`` (2 %) larger.
     """
     motions = homogeneous(motions)
-    best, best_scale = 0, -1.0
-    for r in range(len(motions)):
-        _, scale = fit_to_atlas(frame_to_reference(motions @ np.linalg.inv(motions[r]), half), points)
-        if scale > best_scale + 1e-6:
-            best, best_scale = r, scale
-    return best
+    scales = [fit_to_atlas(frame_to_reference(motions @ np.linalg.inv(motions[r]), half), points)[1]
+              for r in range(len(motions))]
+    best = int(np.argmax(scales))
+    return best if scales[best] > REFERENCE_GAIN * scales[0] else 0
 
 
 def compensation(motions: np.ndarray, shape: tuple[int, int, int], masks: np.ndarray | None = None
