@@ -202,3 +202,16 @@ def test_rigidity_at_init_relative_to_the_compensation(clip, relative):
     else:  # the whole mapping: the projective init is not an isometry, the terms pull it away
         assert float(terms["rigidity"]) > rigidity_min * 1.001
         assert float(terms["global_rigidity"]) > global_min * 1.005
+
+
+def test_a_similarity_view_keeps_its_similarity():
+    """Flow that a similarity explains (plus noise): the homography model adds no noise-fitted perspective."""
+    size, t_n = 64, 5
+    step = np.array([[1.01, -0.02, 1.5], [0.02, 1.01, -0.8], [0.0, 0.0, 1.0]])
+    flow = homography_flow(np.stack([step] * (t_n - 1)), t_n, size)
+    rng = np.random.default_rng(0)
+    flow.forward[:] += rng.normal(0.0, 0.3, flow.forward.shape).astype(np.float32)
+    masks = np.zeros((t_n, size, size), bool)
+    _, bg = layer_motions(flow, masks, bg_model="homography")
+    _, bg_affine = layer_motions(flow, masks, bg_model="affine")
+    np.testing.assert_array_equal(bg, bg_affine)
