@@ -135,7 +135,9 @@ class AtlasConfig:
     identity_scale: float = 0.8
     motion_init: bool = True  # scaled identity composed with each layer's per-frame flow motion
     # per-frame-pair RANSAC model chained into that motion (masks.layer_motions): the background's
-    # (homography: a camera rotating / moving over a far or planar scene; affine: a similarity) and the object's
+    # (homography: a camera rotating / moving over a far or planar scene, used on the pairs it explains
+    # clearly better than the similarity; affine: always the similarity) and the object's (affine: objects
+    # are not planar)
     motion_model: Literal["homography", "affine"] = "homography"
     fg_motion_model: Literal["homography", "affine"] = "affine"
     # rigidity terms on the mapping's Jacobian relative to its motion-compensated init (fit.relative_to)
