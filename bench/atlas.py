@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     masks, source = row_masks(row, flow, (t, h, w), "auto", fit_cfg.motion_threshold_px, None,
                               fit_cfg.segmentation, frames, tracker)
     log.info("%s: %dx%dx%d, flow + masks (%s) %.1f s", name, w, h, t, source, time.perf_counter() - start)
-    data = FitData.build(frames, masks, flow, device, np.stack(layer_motions(flow, masks)))
+    data = FitData.build(frames, masks, flow, device,
+                         np.stack(layer_motions(flow, masks, fit_cfg.motion_model, fit_cfg.fg_motion_model)))
     evals = {"hash": args.evals, "pe": args.pe_evals or args.evals}
     pixels = None
     if args.eval_pixels and args.eval_pixels < h * w:

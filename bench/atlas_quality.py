@@ -75,7 +75,8 @@ def config_for(iterations: int, batch: int | None, preset: str = "demo") -> Atla
 def fit_clip(frames: np.ndarray, masks: np.ndarray, flow, config: AtlasConfig) -> dict:
     """Fit, evaluate every pixel and extract both atlases: dict of arrays, PSNR and seconds."""
     device = torch.device("cpu")
-    data = FitData.build(frames, masks, flow, device, np.stack(layer_motions(flow, masks)))
+    data = FitData.build(frames, masks, flow, device,
+                         np.stack(layer_motions(flow, masks, config.motion_model, config.fg_motion_model)))
     result = fit_atlas(data, config, device)
     ev = evaluate(result.model.eval(), frames.shape[:3], device, config.eval_chunk)
     res = config.atlas_resolution

@@ -132,7 +132,7 @@ class AtlasStage(Stage):
             self.setup()
         device = self.device
         prep_seconds = time.perf_counter() - start
-        motions = np.stack(layer_motions(flow, masks))
+        motions = np.stack(layer_motions(flow, masks, cfg.motion_model, cfg.fg_motion_model))
         result = fit_atlas(FitData.build(frames, masks, flow, device, motions), cfg, device)
         model = result.model.eval()
         ev = evaluate(model, (t, h, w), device, cfg.eval_chunk, cfg.amp)
