@@ -261,10 +261,102 @@ def segment(forward: np.ndarray, backward: np.ndarray, forward_valid: np.ndarray
     min_pixels = max(1, int(config.min_component * h * w))
     cleaned = np.stack([fill_holes(drop_small(c, min_pixels)) for c in cleaned])
     masks = persistent(cleaned, config.vote_radius, config.reach * max(h, w), config.vote_fraction)
+    tracker = tracker or DEFAULT_TRACKER
     if frames is not None and config.fill_ratio > 0:
-        masks = fill_gaps(masks, grey, tracker or DEFAULT_TRACKER, config.fill_ratio)
+        masks = fill_gaps(masks, grey, tracker, config.fill_ratio)
     check_object(masks, config)
+    if frames is not None and (config.consensus_fraction > 0 or config.min_tracked > 0):
+        steps = object_steps(masks, grey, tracker)
+        check_tracked(masks, steps, config)
+        if config.consensus_fraction > 0 and config.consensus_radius > 0:
+            masks = tracked_vote(masks, steps, config.consensus_radius, config.consensus_fraction)
+            check_object(masks, config)
     return masks
+
+
+def object_steps(masks: np.ndarray, grey: list[np.ndarray], tracker: TrackerSettings
+                 ) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
+    """Per frame pair, the object tracker's motion of the mask: (forward t -> t+1, backward t+1 -> t).
+
+    Each a list of T - 1 affines [3, 3] in pixels (None where the mask is empty or the tracker
+    finds nothing), from :func:`stages.atlas.tracks.object_motion` on bool masks [T, H, W].
+    """
+    def step(a: int, b: int) -> np.ndarray | None:
+        if masks[a].sum() < 4:
+            return None
+        model = object_motion(grey[a], grey[b], masks[a], tracker)
+        return None if model is None else np.vstack([model, [0.0, 0.0, 1.0]])
+
+    n = len(masks) - 1
+    return [step(t, t + 1) for t in range(n)], [step(t + 1, t) for t in range(n)]
+
+
+def carry(mask: np.ndarray, model: np.ndarray) -> np.ndarray:
+    """bool [H, W]: a bool mask [H, W] moved by an affine [3, 3] (pixels)."""
+    h, w = mask.shape
+    return cv2.warpAffine(mask.astype(np.float32), model[:2], (w, h), flags=cv2.INTER_LINEAR) > 0.5
+
+
+def track_agreement(masks: np.ndarray, forward: list[np.ndarray | None]) -> np.ndarray:
+    """float [T-1]: IoU of each frame's mask carried by the tracker with the next frame's mask (0: lost)."""
+    out = np.zeros(len(forward))
+    for t, model in enumerate(forward):
+        if model is not None:
+            moved = carry(masks[t], model)
+            out[t] = (moved & masks[t + 1]).sum() / max(1, (moved | masks[t + 1]).sum())
+    return out
+
+
+def check_tracked(masks: np.ndarray, steps: tuple[list, list], config: SegmentationConfig) -> None:
+    """NoObjectError unless the masks [T, H, W] follow one trackable object from frame to frame.
+
+    An object moves as a whole: its mask, carried to the next frame by the object tracker,
+    overlaps that frame's mask (IoU >= ``track_overlap``). Flicker the background planes
+    leave — snow spray, specular glints, noise on a flat surface — comes and goes in scattered
+    places and does not: when fewer than ``min_tracked`` of the pairs (among those where both
+    frames hold a mask of plausible size) agree, the masks are not an object.
+    """
+    fractions = masks.reshape(len(masks), -1).mean(1)
+    both = (fractions[:-1] >= config.min_object_fraction) & (fractions[1:] >= config.min_object_fraction)
+    if not both.any():
+        return
+    agree = track_agreement(masks, steps[0])[both] >= config.track_overlap
+    if agree.mean() < config.min_tracked:
+        raise NoObjectError(
+            f"motion segmentation found no single object: what moves against the background does not hold "
+            f"together from frame to frame (the tracked mask overlaps the next in {int(agree.sum())} of "
+            f"{len(agree)} frame pairs; flicker such as spray or glints); {NO_OBJECT_HINT}")
+
+
+def tracked_vote(masks: np.ndarray, steps: tuple[list, list], radius: int, fraction: float) -> np.ndarray:
+    """bool [T, H, W]: each frame's mask re-voted by the masks of its neighbours carried to it by the tracker.
+
+    Frame s's mask is carried to frame t (``|s - t| <= radius``) by chaining the tracker's
+    per-pair motions (``steps``: forward and backward lists of affines [3, 3], see
+    :func:`object_steps`); a pixel is foreground when at least ``fraction`` of the masks that
+    reach it (its own included) say so. The motion evidence of one frame misses the parts of
+    the object that move like the background at that moment, or adds the strip it is about to
+    cover (the clip's end frames are judged one way only); the neighbours, where the object
+    moved differently, supply and outvote those.
+    """
+    forward, backward = steps
+    t_n = len(masks)
+    out = np.zeros_like(masks)
+    for t in range(t_n):
+        votes = masks[t].astype(np.int32)
+        count = 1
+        for s in range(max(0, t - radius), min(t_n, t + radius + 1)):
+            chain = range(s, t) if s < t else range(s - 1, t - 1, -1)
+            models = [forward[u] if s < t else backward[u] for u in chain]
+            if s == t or any(m is None for m in models):
+                continue
+            total = np.eye(3)
+            for model in models:
+                total = model @ total
+            votes += carry(masks[s], total)
+            count += 1
+        out[t] = votes >= fraction * count
+    return out
 
 
 def fill_gaps(masks: np.ndarray, grey: list[np.ndarray], tracker: TrackerSettings, ratio: float) -> np.ndarray:
