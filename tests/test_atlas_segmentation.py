@@ -17,7 +17,7 @@ from stages.atlas.artifacts import AtlasFit
 from stages.atlas.config import SegmentationConfig
 from stages.atlas.flow import dense_flow
 from stages.atlas.masks import motion_masks, propagate
-from stages.atlas.segmentation import NoObjectError, persistent, tracked_vote
+from stages.atlas.segmentation import NoObjectError, persistent, refine_outline, tracked_vote
 from stages.atlas.tracks import DEFAULT_TRACKER
 from stages.edit.atlas_edit import AtlasEditConfig, inner_point, overlay_matrix
 from stages.edit.base import RowFieldError
@@ -164,7 +164,8 @@ def test_spray_is_never_the_object():
     frames, body, zone = spray_clip()
     flow = dense_flow(frames)
     # the failure this guards against: without the tracking rules the masks are the spray, not the object
-    old = motion_masks(flow, config=SegmentationConfig(consensus_fraction=0.0, min_tracked=0.0), frames=frames)
+    old = motion_masks(flow, config=SegmentationConfig(consensus_fraction=0.0, min_tracked=0.0, edge_band=0.0),
+                       frames=frames)
     assert (old & zone).sum() / old.sum() > 0.5 and (old & body).sum() / body.sum() < 0.3
     try:
         masks = motion_masks(flow, frames=frames)
@@ -189,6 +190,22 @@ def test_tracked_vote_restores_a_missed_part_and_drops_a_one_frame_strip():
     assert iou(masks[3], truth[3]) < 0.6 and iou(masks[0], truth[0]) < 0.7  # what the vote repaired
 
 
+def test_outline_refinement_follows_the_object_colours_within_its_band():
+    rng = np.random.default_rng(0)
+    frame = np.clip(rng.normal(90, 12, (80, 80, 3)), 0, 255).astype(np.uint8)  # a grey, noisy background
+    yy, xx = np.mgrid[0:80, 0:80]
+    disc = (xx - 40) ** 2 + (yy - 40) ** 2 <= 15 ** 2
+    frame[disc] = np.clip(rng.normal((200, 60, 40), 12, (int(disc.sum()), 3)), 0, 255).astype(np.uint8)
+    far = (xx - 70) ** 2 + (yy - 70) ** 2 <= 6 ** 2
+    frame[far] = frame[disc][: int(far.sum())]  # the object's colour again, beyond the band
+    rough = disc & (yy < 46)  # the lower part gave no motion evidence ...
+    rough |= (xx - 40) ** 2 + (yy - 40) ** 2 <= 18 ** 2  # ... and a flow-bled fringe was added around the rest
+    rough &= yy < 46
+    refined = refine_outline(frame, rough, band=0.25, iterations=3)
+    assert iou(rough, disc) < 0.6 and iou(refined, disc) >= 0.85, (iou(rough, disc), iou(refined, disc))
+    assert not refined[far].any()  # it moves the outline, it does not find other objects
+
+
 def test_fast_sample_object_is_segmented_whole():
     """The landscape sample clip at stride 2 (up to ~23 px a frame over 12 frames at 160x96)."""
     clip = generate_sample(320, 192, 24, 12.0, 1)  # jobs.sample_data's "landscape" preset (seed 1 in the bench)
@@ -196,10 +213,12 @@ def test_fast_sample_object_is_segmented_whole():
     truth = np.stack([cv2.resize(m.astype(np.uint8), (160, 96), interpolation=cv2.INTER_NEAREST) > 0
                       for m in clip.masks[::2]])
     flow = dense_flow(frames)
-    before = motion_masks(flow, config=SegmentationConfig(consensus_fraction=0.0), frames=frames)
+    before = motion_masks(flow, config=SegmentationConfig(consensus_fraction=0.0, edge_band=0.0), frames=frames)
+    voted = motion_masks(flow, config=SegmentationConfig(edge_band=0.0), frames=frames)
     after = motion_masks(flow, frames=frames)
     assert iou(before, truth) < 0.75  # one frame's evidence misses what moves like the background then
-    assert iou(after, truth) >= 0.82, iou(after, truth)
+    assert iou(voted, truth) >= 0.82, iou(voted, truth)  # the tracked vote: the neighbours supply it ...
+    assert iou(after, truth) >= 0.93, iou(after, truth)  # ... and the colour outline refinement the rest
 
 
 def test_default_placement_is_inside_a_non_convex_foreground():

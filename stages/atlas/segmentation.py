@@ -270,8 +270,44 @@ def segment(forward: np.ndarray, backward: np.ndarray, forward_valid: np.ndarray
         check_tracked(masks, steps, config)
         if config.consensus_fraction > 0 and config.consensus_radius > 0:
             masks = tracked_vote(masks, steps, config.consensus_radius, config.consensus_fraction)
-            check_object(masks, config)
+    if frames is not None and config.edge_band > 0:
+        masks = np.stack([refine_outline(frame, mask, config.edge_band, config.edge_iterations)
+                          for frame, mask in zip(frames, masks)])
+    check_object(masks, config)
     return masks
+
+
+def refine_outline(frame: np.ndarray, mask: np.ndarray, band: float, iterations: int) -> np.ndarray:
+    """bool [H, W]: a motion mask [H, W] whose outline follows the object's colours (GrabCut).
+
+    Motion evidence is weakest where the object's own texture is weak or where it moves like
+    the background: its parts there are missing, or a flow-bled fringe is added. A colour model
+    of the object (the mask) and of the background (the rest of the frame) then decides the
+    pixels within ``band`` x the mask's equivalent diameter of its outline: the mask's core
+    (eroded by a third of that) stays object and everything beyond the band stays background,
+    so the mask can move by at most the band. frame: uint8 RGB [H, W, 3]; deterministic (the
+    colour models' k-means is seeded).
+    """
+    area = int(mask.sum())
+    if area < 16 or area == mask.size:
+        return mask
+    reach = max(2, int(round(band * 2.0 * np.sqrt(area / np.pi))))
+    grown = cv2.dilate(mask.astype(np.uint8), cv2.getStructuringElement(
+        cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1))) > 0
+    inner = max(1, reach // 3)
+    core = cv2.erode(mask.astype(np.uint8), cv2.getStructuringElement(
+        cv2.MORPH_ELLIPSE, (2 * inner + 1, 2 * inner + 1))) > 0
+    labels = np.full(mask.shape, cv2.GC_BGD, np.uint8)
+    labels[grown] = cv2.GC_PR_BGD
+    labels[mask] = cv2.GC_PR_FGD
+    labels[core] = cv2.GC_FGD
+    if not (labels == cv2.GC_BGD).any() or not core.any():
+        return mask
+    cv2.setRNGSeed(0)
+    models = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.grabCut(np.ascontiguousarray(frame[..., ::-1]), labels, None, models[0], models[1], iterations,
+                cv2.GC_INIT_WITH_MASK)
+    return (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
 
 
 def object_steps(masks: np.ndarray, grey: list[np.ndarray], tracker: TrackerSettings
