@@ -262,14 +262,15 @@ def segment(forward: np.ndarray, backward: np.ndarray, forward_valid: np.ndarray
     cleaned = np.stack([fill_holes(drop_small(c, min_pixels)) for c in cleaned])
     masks = persistent(cleaned, config.vote_radius, config.reach * max(h, w), config.vote_fraction)
     tracker = tracker or DEFAULT_TRACKER
+    if frames is not None and config.min_tracked > 0:
+        # judged on the evidence itself: the gap filling below carries masks by the tracker, which agrees
+        check_tracked(masks, object_steps(masks, grey, tracker)[0], config)
     if frames is not None and config.fill_ratio > 0:
         masks = fill_gaps(masks, grey, tracker, config.fill_ratio)
     check_object(masks, config)
-    if frames is not None and (config.consensus_fraction > 0 or config.min_tracked > 0):
-        steps = object_steps(masks, grey, tracker)
-        check_tracked(masks, steps, config)
-        if config.consensus_fraction > 0 and config.consensus_radius > 0:
-            masks = tracked_vote(masks, steps, config.consensus_radius, config.consensus_fraction)
+    if frames is not None and config.consensus_fraction > 0 and config.consensus_radius > 0:
+        masks = tracked_vote(masks, object_steps(masks, grey, tracker), config.consensus_radius,
+                             config.consensus_fraction)
     if frames is not None and config.edge_band > 0:
         masks = np.stack([refine_outline(frame, mask, config.edge_band, config.edge_iterations)
                           for frame, mask in zip(frames, masks)])
@@ -343,20 +344,22 @@ def track_agreement(masks: np.ndarray, forward: list[np.ndarray | None]) -> np.n
     return out
 
 
-def check_tracked(masks: np.ndarray, steps: tuple[list, list], config: SegmentationConfig) -> None:
+def check_tracked(masks: np.ndarray, forward: list[np.ndarray | None], config: SegmentationConfig) -> None:
     """NoObjectError unless the masks [T, H, W] follow one trackable object from frame to frame.
 
-    An object moves as a whole: its mask, carried to the next frame by the object tracker,
-    overlaps that frame's mask (IoU >= ``track_overlap``). Flicker the background planes
-    leave — snow spray, specular glints, noise on a flat surface — comes and goes in scattered
-    places and does not: when fewer than ``min_tracked`` of the pairs (among those where both
-    frames hold a mask of plausible size) agree, the masks are not an object.
+    An object moves as a whole: its mask, carried to the next frame by the object tracker
+    (``forward``: per pair, an affine [3, 3] or None, see :func:`object_steps`), overlaps that
+    frame's mask (IoU >= ``track_overlap``). Flicker the background planes leave — snow spray,
+    glints, noise on a flat surface — comes and goes in scattered places and does not: when
+    fewer than ``min_tracked`` of the pairs (among those where both frames hold a mask of
+    plausible size) agree, the masks are not an object. Judged on the motion evidence before
+    the gap filling (which carries masks by this tracker and so agrees with it by design).
     """
     fractions = masks.reshape(len(masks), -1).mean(1)
     both = (fractions[:-1] >= config.min_object_fraction) & (fractions[1:] >= config.min_object_fraction)
     if not both.any():
         return
-    agree = track_agreement(masks, steps[0])[both] >= config.track_overlap
+    agree = track_agreement(masks, forward)[both] >= config.track_overlap
     if agree.mean() < config.min_tracked:
         raise NoObjectError(
             f"motion segmentation found no single object: what moves against the background does not hold "
