@@ -118,8 +118,9 @@ class SegmentationConfig:
     consensus_fraction: float = 0.4  # ... mark a pixel when this fraction of them (its own included) do; 0: off
     edge_band: float = 0.25  # colour refinement of the outline (GrabCut) within this x the mask's diameter; 0: off
     edge_iterations: int = 3  # ... GrabCut iterations per frame
-    track_overlap: float = 0.3  # a frame pair holds one object when its tracked mask overlaps the next this much (IoU)
-    min_tracked: float = 0.7  # ... in at least this fraction of the pairs, else NoObjectError (flicker, spray)
+    track_overlap: float = 0.6  # a frame pair holds one object when its tracked mask and the next share this much
+    # of the smaller of the two
+    min_tracked: float = 0.8  # ... in at least this fraction of the pairs, else NoObjectError (flicker, spray)
     min_object_fraction: float = 0.003  # less foreground than this (mean over frames): "no object found"
     max_object_fraction: float = 0.6  # more than this: no separable object either
     min_presence: float = 0.5  # the object must be found in at least this fraction of the frames

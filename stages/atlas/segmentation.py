@@ -335,12 +335,17 @@ def carry(mask: np.ndarray, model: np.ndarray) -> np.ndarray:
 
 
 def track_agreement(masks: np.ndarray, forward: list[np.ndarray | None]) -> np.ndarray:
-    """float [T-1]: IoU of each frame's mask carried by the tracker with the next frame's mask (0: lost)."""
+    """float [T-1]: how much each frame's mask, carried by the tracker, and the next frame's mask overlap.
+
+    The overlap is the intersection over the smaller of the two (0 where the tracker lost it):
+    one frame's evidence may hold only part of the object (a flat side gives none), and a part
+    still lies inside the whole.
+    """
     out = np.zeros(len(forward))
     for t, model in enumerate(forward):
         if model is not None:
             moved = carry(masks[t], model)
-            out[t] = (moved & masks[t + 1]).sum() / max(1, (moved | masks[t + 1]).sum())
+            out[t] = (moved & masks[t + 1]).sum() / max(1, min(int(moved.sum()), int(masks[t + 1].sum())))
     return out
 
 
@@ -349,8 +354,9 @@ def check_tracked(masks: np.ndarray, forward: list[np.ndarray | None], config: S
 
     An object moves as a whole: its mask, carried to the next frame by the object tracker
     (``forward``: per pair, an affine [3, 3] or None, see :func:`object_steps`), overlaps that
-    frame's mask (IoU >= ``track_overlap``). Flicker the background planes leave — snow spray,
-    glints, noise on a flat surface — comes and goes in scattered places and does not: when
+    frame's mask (``track_overlap`` of the smaller of the two, :func:`track_agreement`).
+    Flicker the background planes leave — snow spray, glints, noise on a flat surface — comes
+    and goes in scattered places and does not: when
     fewer than ``min_tracked`` of the pairs (among those where both frames hold a mask of
     plausible size) agree, the masks are not an object. Judged on the motion evidence before
     the gap filling (which carries masks by this tracker and so agrees with it by design).
