@@ -27,7 +27,12 @@ kept only when it recurs near its place in ``vote_fraction`` of the frames withi
 ``vote_radius`` (:func:`persistent`; a flicker of noise on a wall does not, an object moving
 through the frames does, however fast). An object that moves with the background for a moment
 leaves no evidence then: frames whose mask is under ``fill_ratio`` of the usual area get the
-neighbour's mask carried by the object tracker (:func:`fill_gaps`). When the result holds no object (less than
+neighbour's mask carried by the object tracker (:func:`fill_gaps`). Before that, the evidence must be
+one object (:func:`check_tracked`): carried by the tracker, a frame's mask must overlap the
+next frame's in ``min_tracked`` of the pairs, which flicker such as snow spray does not. After
+it, each frame's mask is re-voted by its neighbours' masks carried to it (:func:`tracked_vote`:
+what one frame's evidence missed or added), and its outline is decided by colour within a band
+of its size (:func:`refine_outline`, GrabCut). When the result holds no object (less than
 ``min_object_fraction`` of the frame in more than ``1 - min_presence`` of the frames, or more
 than ``max_object_fraction`` of it on average) :class:`NoObjectError`, a row error, says so
 and asks for the row's ``mask_uri``, instead of bootstrapping a confident alpha on the
@@ -264,7 +269,7 @@ def segment(forward: np.ndarray, backward: np.ndarray, forward_valid: np.ndarray
     tracker = tracker or DEFAULT_TRACKER
     if frames is not None and config.min_tracked > 0:
         # judged on the evidence itself: the gap filling below carries masks by the tracker, which agrees
-        check_tracked(masks, object_steps(masks, grey, tracker)[0], config)
+        check_tracked(masks, object_steps(masks, grey, tracker, backward=False)[0], config)
     if frames is not None and config.fill_ratio > 0:
         masks = fill_gaps(masks, grey, tracker, config.fill_ratio)
     check_object(masks, config)
@@ -311,12 +316,13 @@ def refine_outline(frame: np.ndarray, mask: np.ndarray, band: float, iterations:
     return (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
 
 
-def object_steps(masks: np.ndarray, grey: list[np.ndarray], tracker: TrackerSettings
+def object_steps(masks: np.ndarray, grey: list[np.ndarray], tracker: TrackerSettings, backward: bool = True
                  ) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
     """Per frame pair, the object tracker's motion of the mask: (forward t -> t+1, backward t+1 -> t).
 
     Each a list of T - 1 affines [3, 3] in pixels (None where the mask is empty or the tracker
-    finds nothing), from :func:`stages.atlas.tracks.object_motion` on bool masks [T, H, W].
+    finds nothing), from :func:`stages.atlas.tracks.object_motion` on bool masks [T, H, W];
+    ``backward=False`` leaves the backward list empty.
     """
     def step(a: int, b: int) -> np.ndarray | None:
         if masks[a].sum() < 4:
@@ -325,7 +331,7 @@ def object_steps(masks: np.ndarray, grey: list[np.ndarray], tracker: TrackerSett
         return None if model is None else np.vstack([model, [0.0, 0.0, 1.0]])
 
     n = len(masks) - 1
-    return [step(t, t + 1) for t in range(n)], [step(t + 1, t) for t in range(n)]
+    return [step(t, t + 1) for t in range(n)], [step(t + 1, t) for t in range(n)] if backward else []
 
 
 def carry(mask: np.ndarray, model: np.ndarray) -> np.ndarray:
