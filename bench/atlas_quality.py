@@ -1,6 +1,7 @@
 """Atlas quality on footage-like clips: layer separation, mask tracking, reconstruction, edit placement.
 
     python -m bench.atlas_quality --sample [--size 160] [--frames 24] [--strides 1 2] [--iterations 800]
+                                  [--clips landscape]
     python -m bench.atlas_quality --video car-turn.mp4 [--mask first_frame_mask.png] [--size 384]
                                   [--frames 70] [--iterations 3000] [--segment-only] [--json OUT]
 
@@ -113,15 +114,17 @@ def overlay_follow(frames: np.ndarray, fit: dict) -> dict:
 
 
 def sample_runs(size: int, frames_n: int, strides: list[int], iterations: int, batch: int | None,
-                preset: str = "demo") -> list[dict]:
+                preset: str = "demo", clips: list[str] | None = None) -> list[dict]:
     from jobs.sample_data import PRESETS, generate_sample
     from stages.atlas.tracks import DEFAULT_TRACKER
 
     out = []
-    for seed, (name, preset) in enumerate(PRESETS.items()):
-        clip = generate_sample(preset.width, preset.height, preset.num_frames, preset.fps, seed)
-        scale = size / max(preset.width, preset.height)
-        w, h = int(round(preset.width * scale)), int(round(preset.height * scale))
+    for seed, (name, clip_preset) in enumerate(PRESETS.items()):
+        if clips and name not in clips:
+            continue  # the seed stays the clip's index in PRESETS: the same clip as in a full run
+        clip = generate_sample(clip_preset.width, clip_preset.height, clip_preset.num_frames, clip_preset.fps, seed)
+        scale = size / max(clip_preset.width, clip_preset.height)
+        w, h = int(round(clip_preset.width * scale)), int(round(clip_preset.height * scale))
         for stride in strides:
             frames = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA)
                                for f in clip.frames[::stride][:frames_n]])
@@ -190,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--stride", type=int, default=1)
     parser.add_argument("--strides", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--clips", nargs="+", choices=["square", "landscape", "portrait"],
+                        help="with --sample: only these sample clips (default: all three)")
     parser.add_argument("--iterations", type=int, default=800)
     parser.add_argument("--batch", type=int)
     parser.add_argument("--segment-only", action="store_true")
@@ -203,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if not args.sample and not args.video:
         parser.error("give --sample or --video")
-    result = {"sample": sample_runs(args.size, args.frames, args.strides, args.iterations, args.batch, args.preset)} \
+    result = {"sample": sample_runs(args.size, args.frames, args.strides, args.iterations, args.batch, args.preset,
+                                     args.clips)} \
         if args.sample else {"video": video_run(args.video, args.mask, args.size, args.frames, args.stride,
                                                 args.iterations, args.batch, args.segment_only, args.preset)}
     for row in result.get("sample", []) + ([result["video"]] if "video" in result else []):

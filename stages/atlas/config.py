@@ -114,6 +114,13 @@ class SegmentationConfig:
     reach: float = 0.15  # ... within this fraction of the larger side per frame of distance
     min_component: float = 0.002  # connected regions smaller than this fraction of the frame are dropped
     fill_ratio: float = 0.9  # frames with less than this x the median mask area get the neighbour's mask carried
+    consensus_radius: int = 3  # tracked vote: the masks of this many frames on each side, carried by the tracker ...
+    consensus_fraction: float = 0.4  # ... mark a pixel when this fraction of them (its own included) do; 0: off
+    edge_band: float = 0.25  # colour refinement of the outline (GrabCut) within this x the mask's diameter; 0: off
+    edge_iterations: int = 3  # ... GrabCut iterations per frame
+    track_overlap: float = 0.6  # a frame pair holds one object when its tracked mask and the next share this much
+    # of the smaller of the two
+    min_tracked: float = 0.8  # ... in at least this fraction of the pairs, else NoObjectError (flicker, spray)
     min_object_fraction: float = 0.003  # less foreground than this (mean over frames): "no object found"
     max_object_fraction: float = 0.6  # more than this: no separable object either
     min_presence: float = 0.5  # the object must be found in at least this fraction of the frames
@@ -125,6 +132,12 @@ class SegmentationConfig:
             raise ConfigError("segmentation.vote_fraction must be in (0, 1] and min_presence in [0, 1]")
         if not 0.0 <= self.min_object_fraction < self.max_object_fraction <= 1.0:
             raise ConfigError("segmentation: need 0 <= min_object_fraction < max_object_fraction <= 1")
+        if self.consensus_radius < 0 or not 0.0 <= self.consensus_fraction <= 1.0:
+            raise ConfigError("segmentation.consensus_radius must be >= 0 and consensus_fraction in [0, 1]")
+        if self.edge_band < 0 or self.edge_iterations < 1:
+            raise ConfigError("segmentation.edge_band must be >= 0 and edge_iterations >= 1")
+        if not 0.0 <= self.track_overlap <= 1.0 or not 0.0 <= self.min_tracked <= 1.0:
+            raise ConfigError("segmentation.track_overlap and min_tracked must be in [0, 1]")
 
 
 @dataclass(frozen=True)

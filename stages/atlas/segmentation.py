@@ -27,7 +27,12 @@ kept only when it recurs near its place in ``vote_fraction`` of the frames withi
 ``vote_radius`` (:func:`persistent`; a flicker of noise on a wall does not, an object moving
 through the frames does, however fast). An object that moves with the background for a moment
 leaves no evidence then: frames whose mask is under ``fill_ratio`` of the usual area get the
-neighbour's mask carried by the object tracker (:func:`fill_gaps`). When the result holds no object (less than
+neighbour's mask carried by the object tracker (:func:`fill_gaps`). Before that, the evidence must be
+one object (:func:`check_tracked`): carried by the tracker, a frame's mask must overlap the
+next frame's in ``min_tracked`` of the pairs, which flicker such as snow spray does not. After
+it, each frame's mask is re-voted by its neighbours' masks carried to it (:func:`tracked_vote`:
+what one frame's evidence missed or added), and its outline is decided by colour within a band
+of its size (:func:`refine_outline`, GrabCut). When the result holds no object (less than
 ``min_object_fraction`` of the frame in more than ``1 - min_presence`` of the frames, or more
 than ``max_object_fraction`` of it on average) :class:`NoObjectError`, a row error, says so
 and asks for the row's ``mask_uri``, instead of bootstrapping a confident alpha on the
@@ -261,10 +266,148 @@ def segment(forward: np.ndarray, backward: np.ndarray, forward_valid: np.ndarray
     min_pixels = max(1, int(config.min_component * h * w))
     cleaned = np.stack([fill_holes(drop_small(c, min_pixels)) for c in cleaned])
     masks = persistent(cleaned, config.vote_radius, config.reach * max(h, w), config.vote_fraction)
+    tracker = tracker or DEFAULT_TRACKER
+    if frames is not None and config.min_tracked > 0:
+        # judged on the evidence itself: the gap filling below carries masks by the tracker, which agrees
+        check_tracked(masks, object_steps(masks, grey, tracker, backward=False)[0], config)
     if frames is not None and config.fill_ratio > 0:
-        masks = fill_gaps(masks, grey, tracker or DEFAULT_TRACKER, config.fill_ratio)
+        masks = fill_gaps(masks, grey, tracker, config.fill_ratio)
+    check_object(masks, config)
+    if frames is not None and config.consensus_fraction > 0 and config.consensus_radius > 0:
+        masks = tracked_vote(masks, object_steps(masks, grey, tracker), config.consensus_radius,
+                             config.consensus_fraction)
+    if frames is not None and config.edge_band > 0:
+        masks = np.stack([refine_outline(frame, mask, config.edge_band, config.edge_iterations)
+                          for frame, mask in zip(frames, masks)])
     check_object(masks, config)
     return masks
+
+
+def refine_outline(frame: np.ndarray, mask: np.ndarray, band: float, iterations: int) -> np.ndarray:
+    """bool [H, W]: a motion mask [H, W] whose outline follows the object's colours (GrabCut).
+
+    Motion evidence is weakest where the object's own texture is weak or where it moves like
+    the background: its parts there are missing, or a flow-bled fringe is added. A colour model
+    of the object (the mask) and of the background (the rest of the frame) then decides the
+    pixels within ``band`` x the mask's equivalent diameter of its outline: the mask's core
+    (eroded by a third of that) stays object and everything beyond the band stays background,
+    so the mask can move by at most the band. frame: uint8 RGB [H, W, 3]; deterministic (the
+    colour models' k-means is seeded).
+    """
+    area = int(mask.sum())
+    if area < 16 or area == mask.size:
+        return mask
+    reach = max(2, int(round(band * 2.0 * np.sqrt(area / np.pi))))
+    grown = cv2.dilate(mask.astype(np.uint8), cv2.getStructuringElement(
+        cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1))) > 0
+    inner = max(1, reach // 3)
+    core = cv2.erode(mask.astype(np.uint8), cv2.getStructuringElement(
+        cv2.MORPH_ELLIPSE, (2 * inner + 1, 2 * inner + 1))) > 0
+    labels = np.full(mask.shape, cv2.GC_BGD, np.uint8)
+    labels[grown] = cv2.GC_PR_BGD
+    labels[mask] = cv2.GC_PR_FGD
+    labels[core] = cv2.GC_FGD
+    if not (labels == cv2.GC_BGD).any() or not core.any():
+        return mask
+    cv2.setRNGSeed(0)
+    models = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.grabCut(np.ascontiguousarray(frame[..., ::-1]), labels, None, models[0], models[1], iterations,
+                cv2.GC_INIT_WITH_MASK)
+    return (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+
+
+def object_steps(masks: np.ndarray, grey: list[np.ndarray], tracker: TrackerSettings, backward: bool = True
+                 ) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
+    """Per frame pair, the object tracker's motion of the mask: (forward t -> t+1, backward t+1 -> t).
+
+    Each a list of T - 1 affines [3, 3] in pixels (None where the mask is empty or the tracker
+    finds nothing), from :func:`stages.atlas.tracks.object_motion` on bool masks [T, H, W];
+    ``backward=False`` leaves the backward list empty.
+    """
+    def step(a: int, b: int) -> np.ndarray | None:
+        if masks[a].sum() < 4:
+            return None
+        model = object_motion(grey[a], grey[b], masks[a], tracker)
+        return None if model is None else np.vstack([model, [0.0, 0.0, 1.0]])
+
+    n = len(masks) - 1
+    return [step(t, t + 1) for t in range(n)], [step(t + 1, t) for t in range(n)] if backward else []
+
+
+def carry(mask: np.ndarray, model: np.ndarray) -> np.ndarray:
+    """bool [H, W]: a bool mask [H, W] moved by an affine [3, 3] (pixels)."""
+    h, w = mask.shape
+    return cv2.warpAffine(mask.astype(np.float32), model[:2], (w, h), flags=cv2.INTER_LINEAR) > 0.5
+
+
+def track_agreement(masks: np.ndarray, forward: list[np.ndarray | None]) -> np.ndarray:
+    """float [T-1]: how much each frame's mask, carried by the tracker, and the next frame's mask overlap.
+
+    The overlap is the intersection over the smaller of the two (0 where the tracker lost it):
+    one frame's evidence may hold only part of the object (a flat side gives none), and a part
+    still lies inside the whole.
+    """
+    out = np.zeros(len(forward))
+    for t, model in enumerate(forward):
+        if model is not None:
+            moved = carry(masks[t], model)
+            out[t] = (moved & masks[t + 1]).sum() / max(1, min(int(moved.sum()), int(masks[t + 1].sum())))
+    return out
+
+
+def check_tracked(masks: np.ndarray, forward: list[np.ndarray | None], config: SegmentationConfig) -> None:
+    """NoObjectError unless the masks [T, H, W] follow one trackable object from frame to frame.
+
+    An object moves as a whole: its mask, carried to the next frame by the object tracker
+    (``forward``: per pair, an affine [3, 3] or None, see :func:`object_steps`), overlaps that
+    frame's mask (``track_overlap`` of the smaller of the two, :func:`track_agreement`).
+    Flicker the background planes leave — snow spray, glints, noise on a flat surface — comes
+    and goes in scattered places and does not: when
+    fewer than ``min_tracked`` of the pairs (among those where both frames hold a mask of
+    plausible size) agree, the masks are not an object. Judged on the motion evidence before
+    the gap filling (which carries masks by this tracker and so agrees with it by design).
+    """
+    fractions = masks.reshape(len(masks), -1).mean(1)
+    both = (fractions[:-1] >= config.min_object_fraction) & (fractions[1:] >= config.min_object_fraction)
+    if not both.any():
+        return
+    agree = track_agreement(masks, forward)[both] >= config.track_overlap
+    if agree.mean() < config.min_tracked:
+        raise NoObjectError(
+            f"motion segmentation found no single object: what moves against the background does not hold "
+            f"together from frame to frame (the tracked mask overlaps the next in {int(agree.sum())} of "
+            f"{len(agree)} frame pairs; flicker such as spray or glints); {NO_OBJECT_HINT}")
+
+
+def tracked_vote(masks: np.ndarray, steps: tuple[list, list], radius: int, fraction: float) -> np.ndarray:
+    """bool [T, H, W]: each frame's mask re-voted by the masks of its neighbours carried to it by the tracker.
+
+    Frame s's mask is carried to frame t (``|s - t| <= radius``) by chaining the tracker's
+    per-pair motions (``steps``: forward and backward lists of affines [3, 3], see
+    :func:`object_steps`); a pixel is foreground when at least ``fraction`` of the masks that
+    reach it (its own included) say so. The motion evidence of one frame misses the parts of
+    the object that move like the background at that moment, or adds the strip it is about to
+    cover (the clip's end frames are judged one way only); the neighbours, where the object
+    moved differently, supply and outvote those.
+    """
+    forward, backward = steps
+    t_n = len(masks)
+    out = np.zeros_like(masks)
+    for t in range(t_n):
+        votes = masks[t].astype(np.int32)
+        count = 1
+        for s in range(max(0, t - radius), min(t_n, t + radius + 1)):
+            chain = range(s, t) if s < t else range(s - 1, t - 1, -1)
+            models = [forward[u] if s < t else backward[u] for u in chain]
+            if s == t or any(m is None for m in models):
+                continue
+            total = np.eye(3)
+            for model in models:
+                total = model @ total
+            votes += carry(masks[s], total)
+            count += 1
+        out[t] = votes >= fraction * count
+    return out
 
 
 def fill_gaps(masks: np.ndarray, grey: list[np.ndarray], tracker: TrackerSettings, ratio: float) -> np.ndarray:
