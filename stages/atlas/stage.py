@@ -41,7 +41,7 @@ class AtlasLimitError(ValueError):
     """The video exceeds the atlas stage's frame or pixel budget."""
 
 
-FIT_VERSION = 5  # bump when the fitting math changes, so fits made by older code are not reused
+FIT_VERSION = 6  # bump when the fitting math changes, so fits made by older code are not reused
 
 
 def fit_key(config: AtlasConfig, frames: np.ndarray, mask_digest: str) -> str:
