@@ -151,9 +151,7 @@ def load_alpha(directory: str, options: StorageOptions | None = None) -> np.ndar
     """float32 [T, H, W] alpha of a fit; a windowed fit's windows cross-faded (linear ramps over overlaps)."""
     from stages.atlas.windows import blend
 
-    if not is_complete(directory, options):
-        raise FileNotFoundError(f"no complete atlas fit at {directory}")
-    meta = read_meta(directory, options)
+    meta = read_meta(directory, options) if is_complete(directory, options) else {}
     if "windows" not in meta:
         with np.load(io.BytesIO(storage.read_bytes(url(directory, "maps.npz"), options)), allow_pickle=False) as z:
             return z["alpha"].astype(np.float32)
