@@ -34,6 +34,7 @@ TEST_ATLAS = {
 }
 WINDOWED = {**TEST_ATLAS, "max_frames": 11, "window_overlap": 4}  # 18 frames -> [0, 11) and [7, 18)
 PSNR_FLOOR_DB = 26.0  # as tests/test_atlas.py: far above a blur of the clip, below the fit's spread
+# measured: one fit 33.3 dB, two windows cross-faded 34.8 dB (each window has its own 500 iterations)
 WINDOW_LOSS_DB = 1.5  # the cross-faded windows may lose at most this much against one fit
 
 
