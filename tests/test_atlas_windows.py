@@ -260,3 +260,29 @@ def test_windowed_edit_row_errors(windowed, clip, tmp_path):
     assert out["status"] == "error" and "atlas_uri" in out["error"] and "2 windows" in out["error"]
     out = edit(clip, windowed, {"anchor": "atlas", "center": [0.5, 0.5]})
     assert out["status"] == "error" and "anchor" in out["error"] and "windows" in out["error"]
+
+
+def test_transfer_matrix_recovers_the_next_windows_placement():
+    from stages.atlas.artifacts import AtlasFit, WindowFit
+    from stages.edit.atlas_edit import transfer_matrix
+    from stages.edit.base import RowFieldError
+
+    res, (h, w) = 128, (32, 32)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+
+    def window(start: int, stop: int, uv_x, uv_y, alpha: float = 1.0) -> WindowFit:
+        uv = np.stack([uv_x(xs, ys), uv_y(xs, ys)], -1)[None].repeat(stop - start, 0)
+        atlas = np.zeros((res, res, 3), np.uint8)
+        return WindowFit(start, stop, AtlasFit(atlas, atlas, uv, uv, np.full((stop - start, h, w), alpha,
+                                                                             np.float32), {}))
+
+    src = window(0, 10, lambda x, y: 0.3 + 0.01 * x, lambda x, y: 0.2 + 0.012 * y)
+    dst = window(7, 15, lambda x, y: 0.5 + 0.008 * x + 0.001 * y, lambda x, y: 0.4 + 0.009 * y)
+    # an 8x8 overlay on pixels 10..17 (x and y) through src: overlay o -> pixel o + 10 -> src texel
+    placed = np.array([[res * 0.01, 0, res * 0.4 - 0.5], [0, res * 0.012, res * 0.32 - 0.5]])
+    expected = np.array([[res * 0.008, res * 0.001, res * 0.59 - 0.5], [0, res * 0.009, res * 0.49 - 0.5]])
+    got = transfer_matrix(placed, src, dst, (8, 8), foreground=True)
+    assert np.allclose(got, expected, atol=1e-3), got
+    hidden = window(7, 15, lambda x, y: 0.5 + 0.008 * x, lambda x, y: 0.4 + 0.009 * y, alpha=0.0)
+    with pytest.raises(RowFieldError, match="cannot be carried"):
+        transfer_matrix(placed, src, hidden, (8, 8), foreground=True)
