@@ -200,7 +200,8 @@ def test_empty_mask_is_row_error(clip, tmp_path):
 
 def test_too_many_frames_refused(clip, tmp_path):
     ctx = context(str(tmp_path))
-    out = run_stage(AtlasStage(from_dict(AtlasConfig, {**TEST_ATLAS, "max_frames": 5}), ctx), decoded(clip, ctx))
+    out = run_stage(AtlasStage(from_dict(AtlasConfig, {**TEST_ATLAS, "max_frames": 5, "long_clips": "refuse"}),
+                                ctx), decoded(clip, ctx))
     assert out["status"] == "error" and "max_frames=5" in out["error"]
 
 

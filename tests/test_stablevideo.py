@@ -7,6 +7,7 @@ shared by the module's tests.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 
@@ -211,3 +212,18 @@ def test_preflight_names_a_missing_controlnet(fitted, tmp_path):
                                              **TINY_STABLEVIDEO), ctx)
     with pytest.raises(ConfigError, match="controlnet_depth"):
         bad.preflight()
+
+
+def test_a_windowed_atlas_is_a_row_error_before_any_model_work(fitted, tmp_path):
+    row, ctx, models = fitted
+    windowed = str(tmp_path / "windowed-fit")
+    for name in ("w000", "w001"):
+        shutil.copytree(row["atlas_dir"], os.path.join(windowed, name))
+    meta = {"shape": [8, 64, 64], "psnr_mean": 30.0, "mask_source": "manifest",
+            "windows": [{"start": 0, "stop": 5, "dir": "w000"}, {"start": 3, "stop": 8, "dir": "w001"}]}
+    storage.write_bytes(os.path.join(windowed, "meta.json"), json.dumps(meta).encode())
+    cold = StableVideoStage(StableVideoConfig(**models, **TINY_STABLEVIDEO), ctx)  # no setup: no models loaded
+    out = run_stage(cold, {**row, "outputs": {}, "atlas_dir": windowed})
+    assert out["status"] == "error" and out["error"].startswith("RowFieldError: method 'stablevideo' needs one atlas")
+    assert "2 overlapping windows (frames 0-4, 3-7)" in out["error"] and "decode.max_frames" in out["error"]
+    assert not cold.models

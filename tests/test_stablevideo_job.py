@@ -37,7 +37,7 @@ def test_edit_job_runs_stablevideo_on_ray(ray_local, sample_dir, tmp_path):
         "decode": {"max_frames": 8, "stride": 3, "width": 64, "height": 64, "resources": half},
         "encode": {"preset": "ultrafast", "resources": half},
         "stages": {"atlas": {**TEST_ATLAS, "iterations": 300, "previews": False, "max_frames": 8,
-                             "resources": half}},
+                             "long_clips": "refuse", "resources": half}},
         "methods": {"stablevideo": {**models, **TINY_STABLEVIDEO, "resources": half}},
     }
     config_path = tmp_path / "stablevideo.yaml"

@@ -205,6 +205,7 @@ def test_production_yaml_validates_with_the_releases_settings():
     specs = edit_videos.build_specs(config, {"stablevideo"}, {"stablevideo": sv}, path)
     assert [s.stage_cls.__name__ for s in specs] == ["DecodeStage", "AtlasStage", "StableVideoStage", "EncodeStage"]
     assert config.decode.max_frames == specs[1].config.max_frames == 70
+    assert specs[1].config.long_clips == "refuse"  # one atlas per clip: no windows StableVideo would refuse
     # `vidflow models download` fetches every model the method loads, the DPT included
     from jobs.models import collect_models
 

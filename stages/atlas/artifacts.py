@@ -13,6 +13,14 @@
 ``meta.json``               shape, config, timings, mask source; written last (its
                             presence marks a complete fit)
 ==========================  ==========================================================
+
+A long clip fitted in overlapping windows (``atlas.long_clips: window``) is a directory of
+ordinary fits ``w000/``, ``w001/``, ... (each also keeping ``reconstruction.npz``, its
+reconstruction as uint8 [T_w, H, W, 3], for the cross-fade), plus the clip's own ``psnr.json``
+(of the cross-faded reconstruction), ``previews/alpha.gif`` and ``previews/reconstruction.gif``
+(whole clip, cross-faded) and ``meta.json`` (written last) whose ``windows`` lists
+``{start, stop, dir}`` (frames ``[start, stop)`` of the clip). :func:`load_windows` reads either
+kind; :func:`load_fit` reads single fits only; :func:`load_alpha` gives either's alpha.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from pipeline import storage
 from pipeline.storage import StorageOptions
 
 META = "meta.json"
+RECONSTRUCTION = "reconstruction.npz"
 UV_SCALE = 65535.0
 
 
@@ -41,6 +50,19 @@ class AtlasFit:
     uv_bg: np.ndarray
     alpha: np.ndarray  # float32 [T, H, W]
     meta: dict
+
+
+class WindowedFitError(ValueError):
+    """A single fit was asked for, but the directory holds a long clip's windows."""
+
+
+@dataclass
+class WindowFit:
+    """One window of a (possibly windowed) fit: frames ``[start, stop)`` of the clip."""
+
+    start: int
+    stop: int
+    fit: AtlasFit
 
 
 def url(directory: str, name: str) -> str:
@@ -89,6 +111,9 @@ def load_fit(directory: str, options: StorageOptions | None = None) -> AtlasFit:
     if not is_complete(directory, options):
         raise FileNotFoundError(f"no complete atlas fit at {directory}")
     meta = read_meta(directory, options)
+    if "windows" in meta:
+        raise WindowedFitError(f"the atlas at {directory} is a long clip fitted in {len(meta['windows'])} windows, "
+                               "not one fit (read it with load_windows)")
     with np.load(io.BytesIO(storage.read_bytes(url(directory, "maps.npz"), options)), allow_pickle=False) as z:
         uv_fg = z["uv_fg"].astype(np.float32) / UV_SCALE
         uv_bg = z["uv_bg"].astype(np.float32) / UV_SCALE
@@ -96,3 +121,56 @@ def load_fit(directory: str, options: StorageOptions | None = None) -> AtlasFit:
     fg = decode_image(storage.read_bytes(url(directory, "fg_atlas.png"), options), "fg_atlas.png")
     bg = decode_image(storage.read_bytes(url(directory, "bg_atlas.png"), options), "bg_atlas.png")
     return AtlasFit(fg, bg, uv_fg, uv_bg, alpha, meta)
+
+
+def is_windowed(directory: str, options: StorageOptions | None = None) -> bool:
+    """True when the complete fit at ``directory`` is a long clip's windows."""
+    return "windows" in read_meta(directory, options)
+
+
+def window_plan(meta: dict) -> list[tuple[int, int]]:
+    """The ``[(start, stop), ...]`` windows of a fit's meta (one window for a single fit)."""
+    if "windows" in meta:
+        return [(int(w["start"]), int(w["stop"])) for w in meta["windows"]]
+    return [(0, int(meta["shape"][0]))]
+
+
+def load_windows(directory: str, options: StorageOptions | None = None) -> list[WindowFit]:
+    """Every window of a fit, in frame order; a single fit is one window over the whole clip."""
+    if not is_complete(directory, options):
+        raise FileNotFoundError(f"no complete atlas fit at {directory}")
+    meta = read_meta(directory, options)
+    if "windows" not in meta:
+        fit = load_fit(directory, options)
+        return [WindowFit(0, fit.alpha.shape[0], fit)]
+    return [WindowFit(int(w["start"]), int(w["stop"]), load_fit(url(directory, w["dir"]), options))
+            for w in meta["windows"]]
+
+
+def load_alpha(directory: str, options: StorageOptions | None = None) -> np.ndarray:
+    """float32 [T, H, W] alpha of a fit; a windowed fit's windows cross-faded (linear ramps over overlaps)."""
+    from stages.atlas.windows import blend
+
+    meta = read_meta(directory, options) if is_complete(directory, options) else {}
+    if "windows" not in meta:
+        with np.load(io.BytesIO(storage.read_bytes(url(directory, "maps.npz"), options)), allow_pickle=False) as z:
+            return z["alpha"].astype(np.float32)
+    parts = []
+    for w in meta["windows"]:
+        maps = url(url(directory, w["dir"]), "maps.npz")
+        with np.load(io.BytesIO(storage.read_bytes(maps, options)), allow_pickle=False) as z:
+            parts.append(z["alpha"].astype(np.float32))
+    return blend(parts, window_plan(meta), int(meta["shape"][0]))
+
+
+def encode_reconstruction(rgb: np.ndarray) -> bytes:
+    """``reconstruction.npz`` bytes from a float reconstruction [T, H, W, 3] in [0, 1] (stored uint8)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, rgb=np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8))
+    return buffer.getvalue()
+
+
+def read_reconstruction(directory: str, options: StorageOptions | None = None) -> np.ndarray:
+    """uint8 [T, H, W, 3]: a window's reconstruction (``reconstruction.npz``)."""
+    with np.load(io.BytesIO(storage.read_bytes(url(directory, RECONSTRUCTION), options)), allow_pickle=False) as z:
+        return z["rgb"]

@@ -160,8 +160,11 @@ class AtlasConfig:
     weights: LossWeights = field(default_factory=LossWeights)
     schedule: Schedule = field(default_factory=Schedule)
     atlas_resolution: int = 1024  # side of each atlas PNG, pixels
-    max_frames: int = 70  # longer videos are refused (a row error); the paper's limit
-    max_pixels: int = 768 * 432 * 70  # frames x height x width budget of one fit
+    max_frames: int = 70  # most frames of one fit (the paper's limit); longer clips: see long_clips
+    max_pixels: int = 768 * 432 * 70  # frames x height x width budget of one fit (of each window)
+    long_clips: Literal["window", "refuse"] = "window"  # over a limit: overlapping windows, or a row error
+    window_frames: int | None = None  # frames per window (None: max_frames)
+    window_overlap: int | None = None  # frames neighbouring windows share (None: 8, at most a third of a window)
     flow: Literal["dis", "farneback"] = "dis"
     flow_consistency_px: float = 1.0  # forward-backward check threshold
     tracker: TrackerSettings = field(default_factory=TrackerSettings)  # coarse step of the flow
@@ -189,6 +192,24 @@ class AtlasConfig:
             raise ConfigError(f"atlas.atlas_resolution must be 16..8192, got {self.atlas_resolution}")
         if self.max_frames < 2:
             raise ConfigError(f"atlas.max_frames must be >= 2, got {self.max_frames}")
+        if self.window_frames is not None and not 2 <= self.window_frames <= self.max_frames:
+            raise ConfigError(f"atlas.window_frames must be 2..max_frames ({self.max_frames}), "
+                              f"got {self.window_frames}")
+        if self.window_overlap is not None and not 1 <= 2 * self.window_overlap <= self.frames_per_window:
+            raise ConfigError(f"atlas.window_overlap must be >= 1 and at most half of a window "
+                              f"({self.frames_per_window} frames), got {self.window_overlap}")
+
+    @property
+    def frames_per_window(self) -> int:
+        """Most frames of one window of a long clip (``window_frames``, else ``max_frames``)."""
+        return self.window_frames if self.window_frames is not None else self.max_frames
+
+    @property
+    def overlap_frames(self) -> int:
+        """Frames neighbouring windows share (``window_overlap``, else 8 capped at a third of a window)."""
+        if self.window_overlap is not None:
+            return self.window_overlap
+        return max(1, min(8, self.frames_per_window // 3))
 
     @property
     def total_iterations(self) -> int:

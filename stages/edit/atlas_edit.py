@@ -14,6 +14,16 @@ Placement comes from the method config, overridable per row through ``params``:
 * ``anchor="atlas"``: ``center`` in atlas texture coordinates ([0, 1] x [0, 1], origin top
   left) and ``size`` as a fraction of the atlas width.
 
+A long clip fitted in overlapping windows (``atlas.long_clips: window``) is edited window by
+window and the edited frames cross-faded over each overlap, as the atlas stage cross-fades its
+reconstruction. The overlay stays one object: the window holding ``anchor_frame`` (the one
+weighted most there) places it as above; each next window, outwards from it, gets its
+overlay-to-atlas affine by least squares from the frames it shares with the window before it
+(:func:`transfer_matrix`: the overlay coordinates of the pixels the placed overlay covers there
+against the next window's texture coordinates of the same pixels). ``anchor="atlas"`` and
+``atlas_uri`` are row errors on a windowed fit: each window has its own atlas, so one set of
+atlas coordinates, or one replacement atlas, means nothing across them.
+
 ``render="composite"`` (default) composites the overlay layer, warped into each frame through
 the layer's UV map and weighted by alpha (foreground) or 1 - alpha (background), over the
 original frame, so unedited pixels stay exactly as they were. ``render="atlas"`` re-renders
@@ -22,7 +32,7 @@ every pixel from the edited atlas images: ``alpha * fg(uv_fg) + (1 - alpha) * bg
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import cv2
@@ -31,8 +41,9 @@ import numpy as np
 from pipeline import previews, storage
 from pipeline.config import ConfigError, Resources
 from pipeline.stage import add_output
-from stages.atlas.artifacts import AtlasFit, decode_image, load_fit
+from stages.atlas.artifacts import AtlasFit, WindowFit, decode_image, load_windows
 from stages.atlas.render import render_frames, sample_texture
+from stages.atlas.windows import blend, crossfade_weights
 from stages.edit.base import EditStage, RowFieldError
 
 
@@ -157,6 +168,51 @@ def place_overlay(overlay: np.ndarray, matrix: np.ndarray, resolution: int, opac
     return np.clip(layer * opacity, 0.0, 1.0)
 
 
+def invert_affine(matrix: np.ndarray) -> np.ndarray:
+    """The inverse of an affine [2, 3] (x' = A x + b), as [2, 3]."""
+    inv = np.linalg.inv(matrix[:, :2])
+    return np.concatenate([inv, (-inv @ matrix[:, 2])[:, None]], 1)
+
+
+def transfer_matrix(matrix: np.ndarray, src: WindowFit, dst: WindowFit, overlay_shape: tuple[int, int],
+                    foreground: bool, threshold: float = 0.5) -> np.ndarray:
+    """The overlay-to-atlas affine [2, 3] of window ``dst`` that puts the overlay where ``src`` has it.
+
+    ``matrix`` maps overlay pixels to ``src``'s atlas texture pixels. In every frame the two
+    windows share, the pixels of the layer (alpha, or 1 - alpha, above ``threshold`` in both
+    fits) that land inside the overlay's rectangle through ``src`` give correspondences: their
+    overlay coordinates (``src``'s texture position mapped back through ``matrix``) against
+    ``dst``'s texture pixel there. The affine is their least-squares fit. RowFieldError when the
+    overlay covers too few such pixels to fit one.
+    """
+    oh, ow = overlay_shape
+    inverse = invert_affine(matrix)
+    res_a, res_b = src.fit.fg_atlas.shape[0], dst.fit.fg_atlas.shape[0]
+    lo, hi = max(src.start, dst.start), min(src.stop, dst.stop)
+    overlay_pts, atlas_pts = [], []
+    for t in range(lo, hi):
+        a, b = src.fit, dst.fit
+        uv_a = (a.uv_fg if foreground else a.uv_bg)[t - src.start]
+        uv_b = (b.uv_fg if foreground else b.uv_bg)[t - dst.start]
+        w_a = a.alpha[t - src.start] if foreground else 1.0 - a.alpha[t - src.start]
+        w_b = b.alpha[t - dst.start] if foreground else 1.0 - b.alpha[t - dst.start]
+        texel = uv_a.reshape(-1, 2).astype(np.float64) * res_a - 0.5
+        o = texel @ inverse[:, :2].T + inverse[:, 2]
+        keep = ((o[:, 0] >= 0) & (o[:, 0] <= ow - 1) & (o[:, 1] >= 0) & (o[:, 1] <= oh - 1)
+                & (w_a.reshape(-1) > threshold) & (w_b.reshape(-1) > threshold))
+        overlay_pts.append(o[keep])
+        atlas_pts.append(uv_b.reshape(-1, 2)[keep].astype(np.float64) * res_b - 0.5)
+    o, dst_pts = np.concatenate(overlay_pts), np.concatenate(atlas_pts)
+    design = np.concatenate([o, np.ones((len(o), 1))], 1)
+    if len(o) < 6 or np.linalg.matrix_rank(design) < 3:
+        raise RowFieldError(f"the overlay covers only {len(o)} pixels of the layer in frames {lo}-{hi - 1}, "
+                            f"shared by the atlas windows [{src.start}, {src.stop}) and [{dst.start}, {dst.stop}); "
+                            "it cannot be carried from one window to the next (place it on a part of the layer "
+                            "visible there, or fit fewer, longer windows)")
+    coef, *_ = np.linalg.lstsq(design, dst_pts, rcond=None)  # [3, 2]
+    return coef.T
+
+
 def composite(frames: np.ndarray, layer: np.ndarray, uv: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """frames uint8 [T, H, W, 3] with a premultiplied RGBA atlas layer [R, R, 4] warped in through
     uv [T, H, W, 2] and weighted by weight [T, H, W]: uint8 [T, H, W, 3]."""
@@ -192,7 +248,54 @@ class AtlasEditStage(EditStage):
 
     def edit(self, row: dict, config: AtlasEditConfig) -> np.ndarray:
         frames = np.asarray(row["frames"])
-        fit = load_fit(row["atlas_dir"], self.context.storage)
+        windows = load_windows(row["atlas_dir"], self.context.storage)
+        shape = (windows[-1].stop,) + windows[0].fit.alpha.shape[1:]
+        if shape != frames.shape[:3]:
+            raise ValueError(f"atlas fit at {row['atlas_dir']} is for {shape} frames, "
+                             f"the row has {frames.shape[:3]}")
+        replacing = isinstance(row.get("atlas_uri"), str) and row["atlas_uri"].strip()
+        if len(windows) == 1:
+            out, edited_atlas = self.edit_window(row, frames, windows[0].fit, config, None)
+            self.save_atlas(row, config, edited_atlas, "edited_atlas")
+            return out
+        n = len(windows)
+        if replacing:
+            raise RowFieldError(f"atlas_uri (a replacement atlas) cannot edit {row['atlas_dir']}: the clip was "
+                                f"fitted in {n} windows (atlas.long_clips: window), each with its own atlas; use "
+                                "overlay_uri, or fit one atlas (a shorter decode, or a higher atlas.max_frames)")
+        if config.anchor == "atlas":
+            raise RowFieldError(f"anchor 'atlas' cannot place the overlay on {row['atlas_dir']}: the clip was fitted "
+                                f"in {n} windows, each with its own atlas coordinates; use anchor 'frame' (a pixel "
+                                "of anchor_frame), or fit one atlas")
+        if not 0 <= config.anchor_frame < len(frames):
+            raise RowFieldError(f"anchor_frame {config.anchor_frame} is outside the video's {len(frames)} frames")
+        plan = [(w.start, w.stop) for w in windows]
+        first = int(np.argmax(crossfade_weights(plan, len(frames))[:, config.anchor_frame]))
+        overlay = self.read_image(row["overlay_uri"], "overlay_uri")
+        foreground = config.layer == "foreground"
+        local = replace(config, anchor_frame=config.anchor_frame - windows[first].start)
+        matrices: dict[int, np.ndarray] = {
+            first: overlay_matrix(windows[first].fit, local, overlay.shape[:2], windows[first].fit.fg_atlas.shape[0])}
+        for order in (range(first + 1, n), range(first - 1, -1, -1)):
+            for i in order:
+                j = i - 1 if i > first else i + 1
+                matrices[i] = transfer_matrix(matrices[j], windows[j], windows[i], overlay.shape[:2], foreground)
+        parts = []
+        for i, win in enumerate(windows):
+            out, edited_atlas = self.edit_window(row, frames[win.start:win.stop], win.fit, config,
+                                                 (overlay, matrices[i]))
+            parts.append(out)
+            self.save_atlas(row, config, edited_atlas, "edited_atlas" if i == first else f"edited_atlas_w{i:03d}",
+                            "" if i == first else f"-w{i:03d}")
+        return np.clip(np.rint(blend(parts, plan, len(frames))), 0, 255).astype(np.uint8)
+
+    def edit_window(self, row: dict, frames: np.ndarray, fit: AtlasFit, config: AtlasEditConfig,
+                    placed: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+        """(edited frames uint8 [T, H, W, 3], edited atlas uint8 [R, R, 3]) of one fit and its frames.
+
+        ``placed``: (overlay RGBA, overlay-to-atlas affine [2, 3]) already chosen (a window of a
+        long clip); None: the row's ``atlas_uri``, or its ``overlay_uri`` placed by ``config``.
+        """
         if fit.alpha.shape != frames.shape[:3]:
             raise ValueError(f"atlas fit at {row['atlas_dir']} is for {fit.alpha.shape} frames, "
                              f"the row has {frames.shape[:3]}")
@@ -201,7 +304,8 @@ class AtlasEditStage(EditStage):
         weight = fit.alpha if foreground else 1.0 - fit.alpha
         atlas = fit.fg_atlas if foreground else fit.bg_atlas
         res = atlas.shape[0]
-        if isinstance(row.get("atlas_uri"), str) and row["atlas_uri"].strip():
+        replacing = placed is None and isinstance(row.get("atlas_uri"), str) and row["atlas_uri"].strip()
+        if replacing:
             new = self.read_image(row["atlas_uri"], "atlas_uri")
             if new.shape[:2] != atlas.shape[:2]:
                 new = cv2.resize(new, atlas.shape[1::-1], interpolation=cv2.INTER_AREA)
@@ -209,24 +313,31 @@ class AtlasEditStage(EditStage):
             layer[..., 3] *= config.opacity
             layer[..., :3] *= layer[..., 3:4]
         else:
-            overlay = self.read_image(row["overlay_uri"], "overlay_uri")
-            layer = place_overlay(overlay, overlay_matrix(fit, config, overlay.shape[:2], res), res,
-                                  config.opacity)
+            if placed is None:
+                overlay = self.read_image(row["overlay_uri"], "overlay_uri")
+                matrix = overlay_matrix(fit, config, overlay.shape[:2], res)
+            else:
+                overlay, matrix = placed
+            layer = place_overlay(overlay, matrix, res, config.opacity)
         edited_atlas = np.clip(np.rint(atlas * (1.0 - layer[..., 3:4]) + 255.0 * layer[..., :3]), 0, 255)
         edited_atlas = edited_atlas.astype(np.uint8)
         if config.render == "atlas":
             fg = edited_atlas if foreground else fit.fg_atlas
             bg = fit.bg_atlas if foreground else edited_atlas
             out = render_frames(fg, bg, fit.uv_fg, fit.uv_bg, fit.alpha)
-        elif isinstance(row.get("atlas_uri"), str) and row["atlas_uri"].strip():
+        elif replacing:
             out = self.replace_layer(frames, atlas, edited_atlas, uv, weight)
         else:
             out = composite(frames, layer, uv, weight)
+        return out, edited_atlas
+
+    def save_atlas(self, row: dict, config: AtlasEditConfig, edited_atlas: np.ndarray, key: str,
+                   suffix: str = "") -> None:
+        """Write an edited atlas PNG under previews/ and record it as ``outputs[key]`` (when asked)."""
         if config.save_atlas and row.get("job_id") and row.get("video_id"):
             url = storage.join_url(self.context.output_url, "previews", storage.safe_id(str(row["video_id"])),
-                                   f"{storage.safe_id(str(row['job_id']))}-edited-atlas.png")
-            add_output(row, "edited_atlas", previews.write_png(edited_atlas, url, self.context.storage))
-        return out
+                                   f"{storage.safe_id(str(row['job_id']))}-edited-atlas{suffix}.png")
+            add_output(row, key, previews.write_png(edited_atlas, url, self.context.storage))
 
     @staticmethod
     def replace_layer(frames: np.ndarray, old: np.ndarray, new: np.ndarray, uv: np.ndarray,

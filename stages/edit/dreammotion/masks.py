@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from pipeline import media, storage
 from pipeline.storage import StorageOptions
+from stages.atlas.artifacts import load_alpha
 from stages.edit.base import RowFieldError
 from stages.edit.diffusion.base import select_frames
 from stages.edit.diffusion.config import DiffusionConfig
@@ -132,10 +133,12 @@ def read_masks(uri: str, shape: tuple[int, int, int], options: StorageOptions | 
 
 def atlas_masks(atlas_dir: str, shape: tuple[int, int, int], threshold: float,
                 options: StorageOptions | None = None) -> np.ndarray:
-    """bool [T, H, W]: the fitted atlas alpha above ``threshold`` (``maps.npz`` in ``atlas_dir``)."""
-    url = storage.join_url(atlas_dir, "maps.npz")
-    with np.load(io.BytesIO(storage.read_bytes(url, options)), allow_pickle=False) as npz:
-        alpha = npz["alpha"].astype(np.float32)
+    """bool [T, H, W]: the fitted atlas alpha above ``threshold`` (``maps.npz`` in ``atlas_dir``).
+
+    A long clip fitted in overlapping windows gives its windows' alphas cross-faded
+    (:func:`stages.atlas.artifacts.load_alpha`).
+    """
+    alpha = load_alpha(atlas_dir, options)
     if alpha.shape != tuple(shape):
         raise ValueError(f"atlas fit at {atlas_dir} is for {alpha.shape} frames, the row has {tuple(shape)}")
     masks = alpha > threshold
