@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 
 from pipeline import storage
 from pipeline.run_stats import preview_links
@@ -45,7 +46,14 @@ table{border-collapse:collapse;font-size:13px}th,td{border-bottom:1px solid #ddd
 
 
 def label(name: str) -> str:
-    """A plain label for an output name (``atlas_bg_atlas`` -> ``background atlas``)."""
+    """A plain label for an output name (``atlas_bg_atlas`` -> ``background atlas``).
+
+    A windowed atlas fit's per-window outputs end in ``_wNNN`` (``atlas_fg_atlas_w001`` ->
+    ``foreground atlas, window 2``).
+    """
+    window = re.fullmatch(r"(.+)_w(\d{3})", name)
+    if window:
+        return f"{label(window.group(1))}, window {int(window.group(2)) + 1}"
     return LABELS.get(name, name.replace("_", " "))
 
 

@@ -40,3 +40,12 @@ def test_html_escapes_and_links_relative_previews(tmp_path):
     assert "VideoDecodeError: empty file" in page
     summary_url, report_url = report.write_report(stats.summary(1.0), stats.examples, stats.sample, str(tmp_path))
     assert json.load(open(summary_url))["counts"]["error"] == 2 and open(report_url).read().startswith("<!doctype")
+
+
+def test_labels_name_the_window_of_a_windowed_atlas_output():
+    from pipeline.report import label
+
+    assert label("atlas_fg_atlas") == "foreground atlas"
+    assert label("atlas_fg_atlas_w000") == "foreground atlas, window 1"
+    assert label("atlas_bg_atlas_w012") == "background atlas, window 13"
+    assert label("some_output") == "some output"
