@@ -27,7 +27,7 @@ from pipeline import media, storage
 from pipeline.storage import StorageOptions
 from stages.atlas.config import SegmentationConfig, TrackerSettings
 from stages.atlas.flow import FlowField, warp
-from stages.atlas.segmentation import segment
+from stages.atlas.segmentation import carry, segment
 from stages.atlas.tracks import object_motion
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,6 @@ def propagate(first: np.ndarray, flow: FlowField, frames: np.ndarray | None = No
     """
     masks = [first.astype(bool)]
     kernel = np.ones((3, 3), np.uint8)
-    h, w = first.shape
     grey = None if frames is None or tracker is None else [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
     for t in range(flow.backward.shape[0]):
         current = masks[-1]
@@ -101,7 +100,7 @@ def propagate(first: np.ndarray, flow: FlowField, frames: np.ndarray | None = No
                 dst = src + flow.forward[t][ys, xs]
                 model, _ = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=1.0)
         if model is not None:
-            moved = cv2.warpAffine(current.astype(np.float32), model, (w, h), flags=cv2.INTER_LINEAR) > 0.5
+            moved = carry(current, model)
         else:
             pulled = warp(current.astype(np.float32), flow.backward[t], cv2.BORDER_CONSTANT) > 0.5
             moved = cv2.morphologyEx(pulled.astype(np.uint8), cv2.MORPH_CLOSE, kernel) > 0

@@ -335,7 +335,7 @@ def object_steps(masks: np.ndarray, grey: list[np.ndarray], tracker: TrackerSett
 
 
 def carry(mask: np.ndarray, model: np.ndarray) -> np.ndarray:
-    """bool [H, W]: a bool mask [H, W] moved by an affine [3, 3] (pixels)."""
+    """bool [H, W]: a bool mask [H, W] moved by an affine [2, 3] or [3, 3] (pixels)."""
     h, w = mask.shape
     return cv2.warpAffine(mask.astype(np.float32), model[:2], (w, h), flags=cv2.INTER_LINEAR) > 0.5
 
@@ -424,7 +424,6 @@ def fill_gaps(masks: np.ndarray, grey: list[np.ndarray], tracker: TrackerSetting
     if not (areas > 0).any():
         return out
     need = ratio * float(np.median(areas[areas > 0]))
-    h, w = out.shape[1:]
     for order, step in ((range(1, len(out)), -1), (range(len(out) - 2, -1, -1), 1)):
         for t in order:
             prev = t + step
@@ -432,7 +431,7 @@ def fill_gaps(masks: np.ndarray, grey: list[np.ndarray], tracker: TrackerSetting
                 continue
             model = object_motion(grey[prev], grey[t], out[prev], tracker)
             if model is not None:
-                out[t] |= cv2.warpAffine(out[prev].astype(np.float32), model, (w, h), flags=cv2.INTER_LINEAR) > 0.5
+                out[t] |= carry(out[prev], model)
     return out
 
 
