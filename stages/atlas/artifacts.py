@@ -147,19 +147,20 @@ def load_windows(directory: str, options: StorageOptions | None = None) -> list[
             for w in meta["windows"]]
 
 
+def _maps_alpha(directory: str, options: StorageOptions | None) -> np.ndarray:
+    """float32 [T, H, W]: the ``alpha`` of one fit's ``maps.npz``."""
+    with np.load(io.BytesIO(storage.read_bytes(url(directory, "maps.npz"), options)), allow_pickle=False) as z:
+        return z["alpha"].astype(np.float32)
+
+
 def load_alpha(directory: str, options: StorageOptions | None = None) -> np.ndarray:
     """float32 [T, H, W] alpha of a fit; a windowed fit's windows cross-faded (linear ramps over overlaps)."""
     from stages.atlas.windows import blend
 
     meta = read_meta(directory, options) if is_complete(directory, options) else {}
     if "windows" not in meta:
-        with np.load(io.BytesIO(storage.read_bytes(url(directory, "maps.npz"), options)), allow_pickle=False) as z:
-            return z["alpha"].astype(np.float32)
-    parts = []
-    for w in meta["windows"]:
-        maps = url(url(directory, w["dir"]), "maps.npz")
-        with np.load(io.BytesIO(storage.read_bytes(maps, options)), allow_pickle=False) as z:
-            parts.append(z["alpha"].astype(np.float32))
+        return _maps_alpha(directory, options)
+    parts = [_maps_alpha(url(directory, w["dir"]), options) for w in meta["windows"]]
     return blend(parts, window_plan(meta), int(meta["shape"][0]))
 
 

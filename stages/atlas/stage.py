@@ -233,7 +233,7 @@ class AtlasStage(Stage):
             windows.append({"start": start, "stop": stop, "dir": name, "psnr_mean": meta["psnr_mean"]})
             sources.append(meta["mask_source"])
             recons.append(artifacts.read_reconstruction(sub, options))
-            alphas.append(artifacts.load_fit(sub, options).alpha)
+            alphas.append(artifacts.load_alpha(sub, options))
         recon = np.clip(np.rint(blend(recons, plan, t)), 0, 255).astype(np.uint8)
         alpha = blend(alphas, plan, t)
         psnr = frame_psnr(recon, frames)
