@@ -2,8 +2,9 @@
 
     python -m bench.atlas_quality --sample [--size 160] [--frames 24] [--strides 1 2] [--iterations 800]
                                   [--clips landscape]
-    python -m bench.atlas_quality --video car-turn.mp4 [--mask first_frame_mask.png] [--size 384]
+    python -m bench.atlas_quality --video car-turn.mp4 [--mask first_frame_mask.png] [--size 384 | 768x432]
                                   [--frames 70] [--iterations 3000] [--segment-only] [--json OUT]
+                                  [--device cuda] [--time-limit SECONDS]
 
 ``--sample`` fits the project's three synthetic sample clips (square, landscape, portrait,
 fitted inside ``--size``) at each stride, without masks (the default motion segmentation),
@@ -15,8 +16,9 @@ of the fitted alpha against it at frame 0. Every fit then gets an ``atlas_edit``
 the default placement and, per frame, the distance between the pasted overlay's centroid and
 the foreground's (alpha > 0.5), in pixels and as a fraction of the foreground's equivalent
 diameter, and the share of the overlay's pixels that lie on the foreground. ``--segment-only``
-stops after the segmentation (no fit). ``--preset demo`` (default)
-fits with jobs/configs/atlas_edit.yaml's grid, its phases scaled to ``--iterations``;
+stops after the segmentation (no fit); ``--time-limit`` stops the fit after that many seconds of
+fitting and reports how many iterations it reached (the GPU check's ``atlas_clips`` part uses
+it). ``--preset demo`` (default) fits with jobs/configs/atlas_edit.yaml's grid, its phases scaled to ``--iterations``;
 ``--preset production`` with the stage's defaults; ``--preset budget`` with the stage's default
 networks and batch but the phases (global rigidity, alpha bootstrap) scaled to ``--iterations``
 like the demo's, for a fixed short budget. The iteration count is always stated.
@@ -73,16 +75,52 @@ def config_for(iterations: int, batch: int | None, preset: str = "demo") -> Atla
     return from_dict(AtlasConfig, base)
 
 
-def fit_clip(frames: np.ndarray, masks: np.ndarray, flow, config: AtlasConfig) -> dict:
-    """Fit, evaluate every pixel and extract both atlases: dict of arrays, PSNR and seconds."""
-    device = torch.device("cpu")
+EVALUATION_RESERVE_S = 15.0  # after a deadline-stopped fit: render every frame, paste and measure the overlay
+
+
+class _TimeUp(Exception):
+    """Raised by the fit's callback when a wall-time limit is reached."""
+
+
+def fit_clip(frames: np.ndarray, masks: np.ndarray, flow, config: AtlasConfig,
+             device: torch.device | None = None, time_limit_s: float | None = None) -> dict:
+    """Fit, evaluate every pixel and extract both atlases: dict of arrays, PSNR, seconds and iterations.
+
+    ``time_limit_s`` (seconds of fitting) stops the fit early; the model as it stands then is evaluated
+    and ``iterations`` says how far it got (``config.total_iterations`` when it finished).
+    """
+    device = device or torch.device("cpu")
     data = FitData.build(frames, masks, flow, device,
                          np.stack(layer_motions(flow, masks, config.motion_model, config.fg_motion_model)))
-    result = fit_atlas(data, config, device)
-    ev = evaluate(result.model.eval(), frames.shape[:3], device, config.eval_chunk)
+    state: dict = {"its": 0, "seconds": 0.0, "model": None}
+
+    def callback(it: int, seconds: float, model) -> None:
+        state.update(its=it, seconds=seconds, model=model)
+        if time_limit_s is not None and seconds >= time_limit_s:
+            raise _TimeUp
+
+    try:
+        result = fit_atlas(data, config, device, callback=callback, callback_every=5)
+        model, its, seconds = result.model, config.total_iterations, result.seconds
+    except _TimeUp:
+        model, its, seconds = state["model"], state["its"], state["seconds"]
+    model.eval()
+    ev = evaluate(model, frames.shape[:3], device, config.eval_chunk)
     res = config.atlas_resolution
-    return {"ev": ev, "psnr": frame_psnr(ev["rgb"], frames), "seconds": result.seconds,
-            "fg": atlas_image(result.model, "fg", res, device), "bg": atlas_image(result.model, "bg", res, device)}
+    return {"ev": ev, "psnr": frame_psnr(ev["rgb"], frames), "seconds": seconds, "iterations": its,
+            "fg": atlas_image(model, "fg", res, device), "bg": atlas_image(model, "bg", res, device)}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"384"`` (fit inside a square) or ``"768x432"`` (fit inside width x height) -> (width, height)."""
+    parts = text.lower().split("x")
+    try:
+        values = [int(v) for v in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r}: give N or WxH") from None
+    if len(values) not in (1, 2) or min(values) < 16:
+        raise argparse.ArgumentTypeError(f"size {text!r}: give N or WxH, each at least 16")
+    return (values[0], values[-1])
 
 
 def star(size: int = 64) -> np.ndarray:
@@ -151,10 +189,20 @@ def sample_runs(size: int, frames_n: int, strides: list[int], iterations: int, b
     return out
 
 
-def video_run(path: str, mask_path: str | None, size: int, frames_n: int, stride: int, iterations: int,
-              batch: int | None, segment_only: bool, preset: str = "demo") -> dict:
-    frames, _, _ = media.decode(path, media.DecodeOptions(max_frames=frames_n, stride=stride, width=size,
-                                                          height=size, resize="fit"))
+def video_run(path: str, mask_path: str | None, size: int | tuple[int, int], frames_n: int, stride: int,
+              iterations: int, batch: int | None, segment_only: bool, preset: str = "demo",
+              device: torch.device | None = None, time_limit_s: float | None = None,
+              deadline: float | None = None) -> dict:
+    """Segment (the default path: no mask) and fit one real clip; the row of figures.
+
+    size: an int (fit inside a square) or (width, height); device: where the fit runs (CPU by default);
+    time_limit_s: seconds of fitting after which the fit stops early (its ``iterations_done`` say so);
+    deadline: a ``time.perf_counter()`` time by which the fit stops (decoding, flow and segmentation
+    included), ``EVALUATION_RESERVE_S`` before it.
+    """
+    width, height = (size, size) if isinstance(size, int) else size
+    frames, _, _ = media.decode(path, media.DecodeOptions(max_frames=frames_n, stride=stride, width=width,
+                                                          height=height, resize="fit"))
     t, h, w = frames.shape[:3]
     start = time.perf_counter()
     flow = dense_flow(frames)
@@ -176,12 +224,32 @@ def video_run(path: str, mask_path: str | None, size: int, frames_n: int, stride
     log.info("%s: %s", row["clip"], {k: v for k, v in row.items() if k != "clip"})
     if segment_only or masks is None:
         return row
-    fit = fit_clip(frames, masks, flow, config_for(iterations, batch, preset))
+    if deadline is not None:
+        left = max(1.0, deadline - time.perf_counter() - EVALUATION_RESERVE_S)
+        time_limit_s = left if time_limit_s is None else min(time_limit_s, left)
+    fit = fit_clip(frames, masks, flow, config_for(iterations, batch, preset), device, time_limit_s)
     row.update(psnr_mean_db=float(np.mean(fit["psnr"])), psnr_min_db=float(np.min(fit["psnr"])),
-               fit_seconds=fit["seconds"], **overlay_follow(frames, fit))
+               fit_seconds=fit["seconds"], iterations_done=fit["iterations"])
+    try:
+        row.update(overlay_follow(frames, fit))
+    except ValueError as exc:  # RowFieldError: no foreground to place the overlay on, reported as such
+        row["overlay"] = f"{type(exc).__name__}: {exc}"
     if truth is not None:
         row["alpha_iou_frame0"] = iou(fit["ev"]["alpha"][0] > 0.5, truth)
     return row
+
+
+def summary(row: dict) -> dict:
+    """A row's scalars (rounded) and the worst of its per-frame overlay figures: one line of JSON."""
+    short = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
+             if not isinstance(v, list) or k == "shape"}
+    if "overlay_to_fg_px" in row:
+        short["overlay_to_fg_px_max"] = round(float(np.nanmax(row["overlay_to_fg_px"])), 2)
+        short["overlay_to_fg_rel_max"] = round(float(np.nanmax(row["overlay_to_fg_rel"])), 3)
+        short["overlay_inside_fg_min"] = round(float(np.min(row["overlay_inside_fg"])), 3)
+        short["overlay_inside_fg_mean"] = round(float(np.mean(row["overlay_inside_fg"])), 3)
+        short["overlay_pixels_min"] = int(np.min(row["overlay_pixels"]))
+    return short
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", action="store_true")
     parser.add_argument("--video")
     parser.add_argument("--mask")
-    parser.add_argument("--size", type=int, default=160)
+    parser.add_argument("--size", default="160",
+                        help="N (fit inside N x N; with --sample only N) or WxH (--video: fit inside W x H)")
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--stride", type=int, default=1)
     parser.add_argument("--strides", type=int, nargs="+", default=[1, 2])
@@ -202,25 +271,27 @@ def main(argv: list[str] | None = None) -> int:
                         help="demo: jobs/configs/atlas_edit.yaml's grid, phases scaled to --iterations; "
                              "production: the stage's defaults (paper phases) with --iterations/--batch; "
                              "budget: the stage's default networks and batch, phases scaled to --iterations")
+    parser.add_argument("--device", default="cpu", help="where the fits run (cpu, cuda, cuda:1, ...)")
+    parser.add_argument("--time-limit", type=float, help="--video: stop the fit after this many seconds of fitting")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
+    try:
+        size = parse_size(args.size)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if not args.sample and not args.video:
         parser.error("give --sample or --video")
-    result = {"sample": sample_runs(args.size, args.frames, args.strides, args.iterations, args.batch, args.preset,
+    if args.sample and size[0] != size[1]:
+        parser.error("--sample takes --size N (each clip is fitted inside N x N)")
+    result = {"sample": sample_runs(size[0], args.frames, args.strides, args.iterations, args.batch, args.preset,
                                      args.clips)} \
-        if args.sample else {"video": video_run(args.video, args.mask, args.size, args.frames, args.stride,
-                                                args.iterations, args.batch, args.segment_only, args.preset)}
+        if args.sample else {"video": video_run(args.video, args.mask, size, args.frames, args.stride,
+                                                args.iterations, args.batch, args.segment_only, args.preset,
+                                                torch.device(args.device), args.time_limit)}
     for row in result.get("sample", []) + ([result["video"]] if "video" in result else []):
-        short = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
-                 if not isinstance(v, list) or k == "shape"}
-        if "overlay_to_fg_px" in row:
-            short["overlay_to_fg_px_max"] = round(float(np.nanmax(row["overlay_to_fg_px"])), 2)
-            short["overlay_to_fg_rel_max"] = round(float(np.nanmax(row["overlay_to_fg_rel"])), 3)
-            short["overlay_inside_fg_min"] = round(float(np.min(row["overlay_inside_fg"])), 3)
-            short["overlay_pixels_min"] = int(np.min(row["overlay_pixels"]))
-        print(json.dumps(short))
+        print(json.dumps(summary(row)))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(result, handle, indent=1)

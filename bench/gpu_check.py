@@ -1,12 +1,15 @@
 """One command for the whole GPU picture: every GPU path of vidflow, each part time-boxed.
 
     python -m bench.gpu_check [--json bench/results/gpu_check.json] [--video CLIP.mp4] [--parts tune_a_video ...]
+                              [--clips car-turn.mp4 bear.mp4 man-skiing.mp4]
     python -m bench.gpu_check --smoke          # every part at tiny sizes on the CPU (run by the tests)
 
 Built for one 10-minute call on one GPU: each part runs in its own process with a wall-time
-budget (the budgets sum to 9 minutes for all nine parts; a part also gets ``options["budget_s"]``,
-85 % of it, to plan its own measurements; ``--budget-scale`` stretches them for a run of a few
-parts), so a slow or hanging part is stopped and the others still run; a stopped part keeps the
+budget (the budgets sum to 9 minutes for the nine parts that need no input, 13 with ``--clips``;
+when the chosen parts' budgets exceed ``--max-total`` seconds, 570 by default, all of them are
+scaled down to fit it, so the run stays one 10-minute call; a part also gets ``options["budget_s"]``,
+85 % of its budget, to plan its own measurements; ``--budget-scale`` stretches them for a run of a
+few parts), so a slow or hanging part is stopped and the others still run; a stopped part keeps the
 figures it reported before the limit, and its GPU memory is freed with its process. Results go
 to a JSON file and one table on stdout. Parts (bench/gpu_parts.py):
 
@@ -17,6 +20,12 @@ to a JSON file and one table on stdout. Parts (bench/gpu_parts.py):
 * ``atlas`` — hash-grid and PE fits of a 70 x 768 x 432 clip (``--video``, else the synthetic
   sample) for fixed wall times: iterations/s, PSNR at wall-time checkpoints, projected time to
   the production schedule, speed-up at equal PSNR.
+* ``atlas_clips`` — the real clips given with ``--clips`` at 768 x 432, 70 frames, as
+  bench/atlas_quality.py fits them on the CPU (default segmentation, 3,000 iterations of the
+  ``budget`` preset, stopped at each clip's share of the budget): PSNR, iterations reached and
+  iterations/s, how the default overlay follows the object. Runs only with ``--clips`` (or ``--smoke``);
+  the whole measurement is its own call: ``--parts atlas_clips --clips A B C --budget-scale 3``
+  (capped to ``--max-total``: about 2.7 minutes a clip, decoding, flow and segmentation included).
 * ``edit_job`` — the edit job end to end over the sample with the atlas and edit actors on the
   GPU: rows ok, wall time, GPU utilisation sampled during the run.
 * ``revideo`` — the SVD UNet + ReVideo control module (random weights) in fp16: seconds per
@@ -67,6 +76,7 @@ PARTS: dict[str, Part] = {p.name: p for p in (
     Part("tune_a_video", "bench.gpu_parts:tune_a_video", 70.0),
     Part("depth", "bench.gpu_parts:depth", 35.0),
     Part("atlas", "bench.gpu_parts:atlas", 90.0),
+    Part("atlas_clips", "bench.gpu_parts:atlas_clips", 240.0),
     Part("edit_job", "bench.gpu_parts:edit_job", 55.0, smoke_budget_s=90.0),
     Part("revideo", "bench.revideo:gpu_part", 60.0),
     Part("dreammotion", "bench.dreammotion:gpu_part", 65.0),
@@ -112,6 +122,7 @@ def run_part(part: Part, smoke: bool, options: dict, budget_s: float) -> dict:
            "--part-budget", str(round(0.85 * budget_s, 1))]
     cmd += ["--smoke"] if smoke else []
     cmd += ["--video", options["video"]] if options.get("video") else []
+    cmd += ["--clips", *options["clips"]] if options.get("clips") else []
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -158,11 +169,38 @@ def table(results: dict) -> str:
     return "\n".join([title, *lines])
 
 
+NEEDS_CLIPS = ("atlas_clips",)  # parts with nothing to measure unless --clips is given (smoke: a synthetic clip)
+MAX_TOTAL_S = 570.0  # one 10-minute call: the parts' budgets, the process starts and the table
+
+
+def chosen_parts(parts: list[str] | None, clips: list[str] | None, smoke: bool) -> list[str]:
+    """The parts to run: those asked for, else every part (those needing ``--clips`` only with clips or smoke)."""
+    return list(parts) if parts else [n for n in PARTS if n not in NEEDS_CLIPS or clips or smoke]
+
+
+def part_budgets(names: list[str], smoke: bool, scale: float, max_total: float) -> dict[str, float]:
+    """Each chosen part's wall-time budget (s): its own times ``scale``, all scaled down to ``max_total`` in sum.
+
+    Smoke runs (CPU, tiny sizes) keep their generous budgets: they are limits, not plans.
+    """
+    budgets = {n: (PARTS[n].smoke_budget_s if smoke else PARTS[n].budget_s) * scale for n in names}
+    total = sum(budgets.values())
+    if smoke or total <= max_total:
+        return budgets
+    log.info("the parts' budgets sum to %.0f s; scaled by %.2f to fit --max-total %.0f s", total,
+             max_total / total, max_total)
+    return {n: b * max_total / total for n, b in budgets.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="every part at tiny sizes (CPU; the tests run this)")
-    parser.add_argument("--parts", nargs="+", choices=sorted(PARTS), default=list(PARTS))
+    parser.add_argument("--parts", nargs="+", choices=sorted(PARTS),
+                        help="default: every part (atlas_clips only with --clips or --smoke)")
     parser.add_argument("--video", help="the atlas part's clip (default: the synthetic sample)")
+    parser.add_argument("--clips", nargs="+", help="the atlas_clips part's real clips (fitted at 768 x 432)")
+    parser.add_argument("--max-total", type=float, default=MAX_TOTAL_S,
+                        help="seconds: the chosen parts' budgets are scaled down to fit this sum")
     parser.add_argument("--json", default=os.path.join(ROOT, "bench", "results", "gpu_check.json"),
                         help="where to write the results (default: bench/results/, git-ignored)")
     parser.add_argument("--budget-scale", type=float, default=1.0, help="multiply every part's time budget")
@@ -172,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    options = {"video": os.path.abspath(args.video) if args.video else None}
+    options = {"video": os.path.abspath(args.video) if args.video else None,
+               "clips": [os.path.abspath(c) for c in args.clips or []]}
     if args.run_part:
         options["budget_s"] = args.part_budget if args.part_budget is not None else float("inf")
         return run_part_here(args.run_part, args.smoke, options, args.part_out)
@@ -180,9 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     results = {"machine": device_summary(), "smoke": args.smoke, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                            time.gmtime()),
                "parts": {}}
-    for name in args.parts:
-        part = PARTS[name]
-        budget = (part.smoke_budget_s if args.smoke else part.budget_s) * args.budget_scale
+    names = chosen_parts(args.parts, args.clips, args.smoke)
+    budgets = part_budgets(names, args.smoke, args.budget_scale, args.max_total)
+    results["budgets_s"] = {n: round(b, 1) for n, b in budgets.items()}
+    for name in names:
+        part, budget = PARTS[name], budgets[name]
         log.info("part %s (budget %.0f s)", name, budget)
         results["parts"][name] = run_part(part, args.smoke, options, budget)
         write_json(args.json, results)

@@ -195,6 +195,73 @@ def atlas(smoke: bool, options: dict, report) -> dict:
     return out
 
 
+CLIP_ITERATIONS = 3000  # the real-clip budget of bench/atlas_quality.py's CPU runs (--preset budget)
+
+
+def atlas_clips(smoke: bool, options: dict, report) -> dict:
+    """The real clips of ``--clips`` at 768 x 432, 70 frames, as bench/atlas_quality.py fits them on the CPU.
+
+    Per clip: the default segmentation (no mask; a refusal is reported as such), the ``budget``
+    preset at 3,000 iterations, stopped at the clip's share of the part's budget; mean and worst
+    frame PSNR over every pixel of every frame, iterations reached, iterations/s and the projected
+    seconds to 3,000, and how the default atlas_edit overlay follows the object (share of its
+    pixels on the alpha, per frame: worst and mean). Smoke mode fits a tiny synthetic clip.
+    """
+    from bench.atlas_quality import summary, video_run
+    from pipeline.devices import cuda_available, resolve_device
+
+    device = resolve_device("auto", float(cuda_available()), "gpu_check.atlas_clips")
+    clips = list(options.get("clips") or [])
+    if smoke:
+        from jobs.sample_data import generate_sample
+        from pipeline import media
+
+        path = os.path.join(tempfile.mkdtemp(prefix="vidflow-gpu-check-"), "sample.mp4")
+        media.encode(generate_sample(96, 96, 6, 12.0, 0).frames, path, 12.0)
+        clips = [path]
+    size, frames_n, iterations = ((96, 96), 6, 40) if smoke else ((768, 432), 70, CLIP_ITERATIONS)
+    # smoke: the demo's small hash grid (the default grid's Adam step alone takes ~1 s on the CPU)
+    batch, preset = (512, "demo") if smoke else (None, "budget")
+    start = time.perf_counter()
+    plan = float(options.get("budget_s", float("inf")))
+    out: dict = {"device": _device_name(), "size": list(size), "frames": frames_n, "iterations": iterations,
+                 "clips": {}}
+    if not clips:
+        out["headline"] = "no clips given (--clips A.mp4 B.mp4 ...)"
+        return out
+    for i, path in enumerate(clips):
+        # each clip gets an equal share of what is left, less its decoding, flow and segmentation
+        share = (plan - (time.perf_counter() - start)) / (len(clips) - i)
+        clip_start = time.perf_counter()
+        name = os.path.basename(path)
+        try:
+            row = video_run(path, None, size, frames_n, 1, iterations, batch, False, preset, device,
+                            deadline=None if smoke else clip_start + share)
+        except Exception as exc:  # noqa: BLE001 - a clip that cannot be read is that clip's row
+            out["clips"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+            report(out)
+            continue
+        figures = summary(row)
+        if "fit_seconds" in row:
+            rate = row["iterations_done"] / max(row["fit_seconds"], 1e-9)
+            figures.update(iterations_per_s=round(rate, 2),
+                           projected_seconds_to_budget=round(iterations / max(rate, 1e-9), 1))
+        if "overlay_inside_fg" in row:
+            figures["frames_overlay_on_fg_90"] = int(np.sum(np.asarray(row["overlay_inside_fg"]) >= 0.9))
+        figures["clip_seconds"] = round(time.perf_counter() - clip_start, 1)
+        out["clips"][name] = figures
+        report(out)
+    parts = []
+    for name, f in out["clips"].items():
+        if "psnr_mean_db" in f:
+            parts.append(f"{name} {f['psnr_mean_db']:.1f} dB at {f['iterations_done']} its "
+                         f"({f['iterations_per_s']} it/s)")
+        else:
+            parts.append(f"{name} {str(f.get('segmentation') or f.get('error'))[:40]}")
+    out["headline"] = "; ".join(parts)
+    return out
+
+
 # --- the edit job on GPU actors --------------------------------------------------------------------
 
 def _gpu_utilisation(stop: threading.Event, samples: list[float], interval_s: float = 0.5) -> None:

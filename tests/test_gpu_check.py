@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from bench.gpu_check import PARTS, Part, run_part
+from bench.gpu_check import MAX_TOTAL_S, PARTS, Part, chosen_parts, part_budgets, run_part
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,9 +50,26 @@ def test_smoke_runs_every_part_and_writes_json_and_one_table(tmp_path):
     assert "speedup_lower_bound" in atlas["comparison"] and set(atlas["targets"]) == {">= 30 dB in <= 3 min (H100)"}
     assert "targets" in tav and "targets" not in results["parts"]["depth"]["figures"]  # hybrid only on the GPU
     assert results["parts"]["edit_job"]["figures"]["exit_code"] == 0
+    clip = results["parts"]["atlas_clips"]["figures"]["clips"]["sample.mp4"]
+    assert clip["segmentation"] == "motion" and clip["iterations_done"] == 40 and clip["psnr_mean_db"] > 15
+    assert clip["iterations_per_s"] > 0 and clip["overlay_inside_fg_min"] > 0.5
     table = proc.stdout.strip().splitlines()
     assert table[0].startswith("vidflow gpu_check on cpu") and table[1].split()[:2] == ["part", "status"]
     assert len(table) == 2 + len(PARTS)
+
+
+def test_the_real_clip_part_runs_only_with_clips_and_every_run_fits_one_call():
+    assert "atlas_clips" not in chosen_parts(None, None, False)
+    assert chosen_parts(None, ["a.mp4"], False) == list(PARTS) and chosen_parts(None, None, True) == list(PARTS)
+    assert chosen_parts(["depth"], None, False) == ["depth"]
+    nine = part_budgets(chosen_parts(None, None, False), False, 1.0, MAX_TOTAL_S)
+    assert nine == {n: PARTS[n].budget_s for n in nine}  # 540 s: not scaled
+    ten = part_budgets(chosen_parts(None, ["a.mp4"], False), False, 1.0, MAX_TOTAL_S)
+    assert abs(sum(ten.values()) - MAX_TOTAL_S) < 1e-6 and ten["atlas"] < PARTS["atlas"].budget_s
+    assert ten["atlas_clips"] / ten["atlas"] == PARTS["atlas_clips"].budget_s / PARTS["atlas"].budget_s
+    alone = part_budgets(["atlas_clips"], False, 3.0, MAX_TOTAL_S)  # the real clips' own call
+    assert alone == {"atlas_clips": MAX_TOTAL_S}
+    assert part_budgets(list(PARTS), True, 1.0, MAX_TOTAL_S)["atlas"] == PARTS["atlas"].smoke_budget_s
 
 
 def test_a_hanging_part_is_stopped_at_its_budget_and_keeps_its_figures():
