@@ -108,6 +108,12 @@ class SegmentationConfig:
     photometric_min: float = 8.0  # grey levels of colour the planes mispredict that alone mark foreground
     texture_min: float = 2.0  # grey levels per pixel of local gradient below which the flow is not evidence
     misregistration_px: float = 1.5  # colour errors a shift this large explains (gradient x shift) are not evidence
+    # object layer: one RANSAC affine on the samples the planes leave; when it explains object_min_fraction of the
+    # samples and does not span the frame, its pixels are evidence (an object the camera carries; False: off)
+    object_layer: bool = True
+    object_ransac_px: float = 1.5  # ... its inlier distance, pixels (the planes must miss a pixel by twice this)
+    object_min_fraction: float = 0.1  # ... the share of the textured samples it must explain
+    object_close: float = 0.05  # ... its textured pixels are closed over gaps of this fraction of the shorter side
     noise_factor: float = 3.0  # threshold at least this x the background's median residual (flow noise)
     vote_radius: int = 2  # temporal consistency: frames on each side a region must recur in
     vote_fraction: float = 0.5  # ... in this fraction of them
