@@ -126,6 +126,8 @@ class SegmentationConfig:
     edge_iterations: int = 3  # ... GrabCut iterations per frame
     track_overlap: float = 0.6  # a frame pair holds one object when its tracked mask and the next share this much
     # of the smaller of the two
+    track_min_area: float = 0.5  # ... judged on the pairs whose masks both hold this x the clip's median mask area
+    # (smaller ones are what the gap filling replaces: the object moved with the background then)
     min_tracked: float = 0.8  # ... in at least this fraction of the pairs, else NoObjectError (flicker, spray)
     min_object_fraction: float = 0.003  # less foreground than this (mean over frames): "no object found"
     max_object_fraction: float = 0.6  # more than this: no separable object either

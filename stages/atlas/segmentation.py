@@ -420,7 +420,9 @@ def check_tracked(masks: np.ndarray, forward: list[np.ndarray | None], config: S
     the gap filling (which carries masks by this tracker and so agrees with it by design).
     """
     fractions = masks.reshape(len(masks), -1).mean(1)
-    both = (fractions[:-1] >= config.min_object_fraction) & (fractions[1:] >= config.min_object_fraction)
+    usual = float(np.median(fractions[fractions > 0])) if (fractions > 0).any() else 0.0
+    sized = fractions >= max(config.min_object_fraction, config.track_min_area * usual)
+    both = sized[:-1] & sized[1:]
     if not both.any():
         return
     agree = track_agreement(masks, forward)[both] >= config.track_overlap
