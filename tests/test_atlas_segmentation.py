@@ -17,7 +17,7 @@ from stages.atlas.artifacts import AtlasFit
 from stages.atlas.config import SegmentationConfig
 from stages.atlas.flow import dense_flow
 from stages.atlas.masks import motion_masks, propagate
-from stages.atlas.segmentation import NoObjectError, persistent, refine_outline, tracked_vote
+from stages.atlas.segmentation import NoObjectError, check_tracked, persistent, refine_outline, tracked_vote
 from stages.atlas.tracks import DEFAULT_TRACKER
 from stages.edit.atlas_edit import AtlasEditConfig, inner_point, overlay_matrix
 from stages.edit.base import RowFieldError
@@ -223,6 +223,27 @@ def test_camera_locked_subject_is_the_object():
     # without the object layer the frames around the stop (judged both ways) lose it
     plain = motion_masks(flow, config=SegmentationConfig(object_layer=False), frames=frames)
     assert iou(plain, truth) < 0.85, iou(plain, truth)
+
+
+def test_trackability_is_judged_on_frames_that_hold_the_object():
+    """Small scattered evidence (the object moving with the background: spray only) is left to the gap filling."""
+    rng = np.random.default_rng(0)
+    masks = np.zeros((20, 60, 60), bool)
+    masks[:, 20:40, 25:45] = True  # the object, where the tracker carries it (still: identity steps)
+    for t in range(6, 14):  # the object moves with the background: only a scattered small blob, elsewhere
+        masks[t] = False
+        y, x = rng.integers(0, 52, 2)
+        masks[t, y:y + 8, x:x + 8] = True
+    steps = [np.eye(3)] * 19
+    check_tracked(masks, steps, SegmentationConfig())  # 12 of 12 judged pairs agree
+    with pytest.raises(NoObjectError, match="spray"):  # judging every pair: 11 of 19
+        check_tracked(masks, steps, SegmentationConfig(track_min_area=0.0))
+    flicker = np.zeros_like(masks)
+    for t in range(20):  # flicker alone, in every frame: refused either way
+        y, x = rng.integers(0, 44, 2)
+        flicker[t, y:y + 16, x:x + 16] = True
+    with pytest.raises(NoObjectError, match="spray"):
+        check_tracked(flicker, steps, SegmentationConfig())
 
 
 def test_tracked_vote_restores_a_missed_part_and_drops_a_one_frame_strip():
