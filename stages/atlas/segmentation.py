@@ -9,6 +9,17 @@ opposite borders): background planes (a road, distant mountains, a wall) run acr
 an object in the shot does not, even one the frame's corner cuts. So camera parallax between a
 near and a far plane is background, not foreground.
 
+Object layer (``object_layer``): the samples the planes leave by more than
+``object_ransac_px`` get one RANSAC affine; when it explains ``object_min_fraction`` of the
+samples and its inliers do not span the frame, it is the object's own motion, and the pixels
+it explains while the planes miss them by twice that are evidence (its textured ones, closed
+over flat gaps of ``object_close`` of the frame, within the layer). This finds an object the
+camera carries (a selfie-stick shot: the rider stays put while snow and sky sweep past): it
+fills much of the textured samples, so the noise threshold below, a multiple of their median
+residual, is inflated by the object itself and its residual evidence comes in fragments that
+the cleaning removes; one coherent motion finds it whole. It is one motion, not an occlusion
+strip, so one direction of the frame's two is enough for it.
+
 Evidence: a pixel's residual is its distance in pixels from the best plane's prediction; on a
 textured pixel (``texture_min`` grey levels per pixel of gradient: flow in flat areas is only
 interpolated) it is evidence above ``max(threshold_px, noise_factor x median residual)``. A
@@ -29,7 +40,10 @@ through the frames does, however fast). An object that moves with the background
 leaves no evidence then: frames whose mask is under ``fill_ratio`` of the usual area get the
 neighbour's mask carried by the object tracker (:func:`fill_gaps`). Before that, the evidence must be
 one object (:func:`check_tracked`): carried by the tracker, a frame's mask must overlap the
-next frame's in ``min_tracked`` of the pairs, which flicker such as snow spray does not. After
+next frame's in ``min_tracked`` of the pairs whose masks both hold ``track_min_area`` of the
+clip's median mask area, which flicker such as snow spray does not (the smaller masks, of
+frames where the object moved with the background and left only spray, are the gap filling's
+to replace). After
 it, each frame's mask is re-voted by its neighbours' masks carried to it (:func:`tracked_vote`:
 what one frame's evidence missed or added), and its outline is decided by colour within a band
 of its size (:func:`refine_outline`, GrabCut). When the result holds no object (less than
@@ -415,8 +429,10 @@ def check_tracked(masks: np.ndarray, forward: list[np.ndarray | None], config: S
     frame's mask (``track_overlap`` of the smaller of the two, :func:`track_agreement`).
     Flicker the background planes leave — snow spray, glints, noise on a flat surface — comes
     and goes in scattered places and does not: when
-    fewer than ``min_tracked`` of the pairs (among those where both frames hold a mask of
-    plausible size) agree, the masks are not an object. Judged on the motion evidence before
+    fewer than ``min_tracked`` of the pairs (among those where both frames hold a mask of at
+    least ``min_object_fraction`` of the frame and ``track_min_area`` x the median area of the
+    non-empty masks) agree, the masks are not an object. A frame whose object moved with the
+    background leaves only scraps (spray) there; the gap filling replaces those. Judged on the motion evidence before
     the gap filling (which carries masks by this tracker and so agrees with it by design).
     """
     fractions = masks.reshape(len(masks), -1).mean(1)
