@@ -217,11 +217,11 @@ def test_camera_locked_subject_is_the_object():
     frames, truth = locked_subject_clip()
     assert truth[:, -1].any() and not truth[:, 0].any()  # it touches the bottom border only
     flow = dense_flow(frames)
-    masks = motion_masks(flow, frames=frames)
+    masks = motion_masks(flow, config=SegmentationConfig(object_layer=True), frames=frames)
     assert iou(masks, truth) >= 0.9, iou(masks, truth)
     assert (masks & ~truth).sum() / (~truth).sum() <= 0.02  # the sweeping background is not foreground
-    # without the object layer the frames around the stop (judged both ways) lose it
-    plain = motion_masks(flow, config=SegmentationConfig(object_layer=False), frames=frames)
+    # without the object layer (the default) the frames around the stop (judged both ways) lose it
+    plain = motion_masks(flow, frames=frames)
     assert iou(plain, truth) < 0.85, iou(plain, truth)
 
 
@@ -235,15 +235,16 @@ def test_trackability_is_judged_on_frames_that_hold_the_object():
         y, x = rng.integers(0, 52, 2)
         masks[t, y:y + 8, x:x + 8] = True
     steps = [np.eye(3)] * 19
-    check_tracked(masks, steps, SegmentationConfig())  # 12 of 12 judged pairs agree
-    with pytest.raises(NoObjectError, match="spray"):  # judging every pair: 11 of 19
-        check_tracked(masks, steps, SegmentationConfig(track_min_area=0.0))
+    config = SegmentationConfig(track_min_area=0.5)
+    check_tracked(masks, steps, config)  # 12 of 12 judged pairs agree
+    with pytest.raises(NoObjectError, match="spray"):  # judging every pair (the default): 11 of 19
+        check_tracked(masks, steps, SegmentationConfig())
     flicker = np.zeros_like(masks)
     for t in range(20):  # flicker alone, in every frame: refused either way
         y, x = rng.integers(0, 44, 2)
         flicker[t, y:y + 16, x:x + 16] = True
     with pytest.raises(NoObjectError, match="spray"):
-        check_tracked(flicker, steps, SegmentationConfig())
+        check_tracked(flicker, steps, config)
 
 
 def test_tracked_vote_restores_a_missed_part_and_drops_a_one_frame_strip():
