@@ -9,8 +9,8 @@ opposite borders): background planes (a road, distant mountains, a wall) run acr
 an object in the shot does not, even one the frame's corner cuts. So camera parallax between a
 near and a far plane is background, not foreground.
 
-Object layer (``object_layer``): the samples the planes leave by more than
-``object_ransac_px`` get one RANSAC affine; when it explains ``object_min_fraction`` of the
+Object layer (``object_layer``; off by default, see docs/atlas.md): the samples the planes
+leave by more than ``object_ransac_px`` get one RANSAC affine; when it explains ``object_min_fraction`` of the
 samples and its inliers do not span the frame, it is the object's own motion, and the pixels
 it explains while the planes miss them by twice that are evidence (its textured ones, closed
 over flat gaps of ``object_close`` of the frame, within the layer). This finds an object the
@@ -41,8 +41,8 @@ leaves no evidence then: frames whose mask is under ``fill_ratio`` of the usual 
 neighbour's mask carried by the object tracker (:func:`fill_gaps`). Before that, the evidence must be
 one object (:func:`check_tracked`): carried by the tracker, a frame's mask must overlap the
 next frame's in ``min_tracked`` of the pairs whose masks both hold ``track_min_area`` of the
-clip's median mask area, which flicker such as snow spray does not (the smaller masks, of
-frames where the object moved with the background and left only spray, are the gap filling's
+clip's median mask area (default 0: every pair), which flicker such as snow spray does not
+(the smaller masks, of frames where the object moved with the background and left only spray, are the gap filling's
 to replace). After
 it, each frame's mask is re-voted by its neighbours' masks carried to it (:func:`tracked_vote`:
 what one frame's evidence missed or added), and its outline is decided by colour within a band
