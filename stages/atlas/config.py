@@ -108,6 +108,13 @@ class SegmentationConfig:
     photometric_min: float = 8.0  # grey levels of colour the planes mispredict that alone mark foreground
     texture_min: float = 2.0  # grey levels per pixel of local gradient below which the flow is not evidence
     misregistration_px: float = 1.5  # colour errors a shift this large explains (gradient x shift) are not evidence
+    # object layer: one RANSAC affine on the samples the planes leave; when it explains object_min_fraction of the
+    # samples and does not span the frame, its pixels are evidence (an object the camera carries). Off by default:
+    # on man-skiing it finds the rider at 384 px but also the snow trail, which the checks accept (docs/atlas.md)
+    object_layer: bool = False
+    object_ransac_px: float = 1.5  # ... its inlier distance, pixels (the planes must miss a pixel by twice this)
+    object_min_fraction: float = 0.1  # ... the share of the textured samples it must explain
+    object_close: float = 0.05  # ... its textured pixels are closed over gaps of this fraction of the shorter side
     noise_factor: float = 3.0  # threshold at least this x the background's median residual (flow noise)
     vote_radius: int = 2  # temporal consistency: frames on each side a region must recur in
     vote_fraction: float = 0.5  # ... in this fraction of them
@@ -120,6 +127,8 @@ class SegmentationConfig:
     edge_iterations: int = 3  # ... GrabCut iterations per frame
     track_overlap: float = 0.6  # a frame pair holds one object when its tracked mask and the next share this much
     # of the smaller of the two
+    track_min_area: float = 0.0  # ... judged on the pairs whose masks both hold this x the clip's median mask area
+    # (smaller ones are what the gap filling replaces: the object moved with the background then); 0: every pair
     min_tracked: float = 0.8  # ... in at least this fraction of the pairs, else NoObjectError (flicker, spray)
     min_object_fraction: float = 0.003  # less foreground than this (mean over frames): "no object found"
     max_object_fraction: float = 0.6  # more than this: no separable object either

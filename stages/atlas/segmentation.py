@@ -9,6 +9,17 @@ opposite borders): background planes (a road, distant mountains, a wall) run acr
 an object in the shot does not, even one the frame's corner cuts. So camera parallax between a
 near and a far plane is background, not foreground.
 
+Object layer (``object_layer``; off by default, see docs/atlas.md): the samples the planes
+leave by more than ``object_ransac_px`` get one RANSAC affine; when it explains ``object_min_fraction`` of the
+samples and its inliers do not span the frame, it is the object's own motion, and the pixels
+it explains while the planes miss them by twice that are evidence (its textured ones, closed
+over flat gaps of ``object_close`` of the frame, within the layer). This finds an object the
+camera carries (a selfie-stick shot: the rider stays put while snow and sky sweep past): it
+fills much of the textured samples, so the noise threshold below, a multiple of their median
+residual, is inflated by the object itself and its residual evidence comes in fragments that
+the cleaning removes; one coherent motion finds it whole. It is one motion, not an occlusion
+strip, so one direction of the frame's two is enough for it.
+
 Evidence: a pixel's residual is its distance in pixels from the best plane's prediction; on a
 textured pixel (``texture_min`` grey levels per pixel of gradient: flow in flat areas is only
 interpolated) it is evidence above ``max(threshold_px, noise_factor x median residual)``. A
@@ -29,7 +40,10 @@ through the frames does, however fast). An object that moves with the background
 leaves no evidence then: frames whose mask is under ``fill_ratio`` of the usual area get the
 neighbour's mask carried by the object tracker (:func:`fill_gaps`). Before that, the evidence must be
 one object (:func:`check_tracked`): carried by the tracker, a frame's mask must overlap the
-next frame's in ``min_tracked`` of the pairs, which flicker such as snow spray does not. After
+next frame's in ``min_tracked`` of the pairs whose masks both hold ``track_min_area`` of the
+clip's median mask area (default 0: every pair), which flicker such as snow spray does not
+(the smaller masks, of frames where the object moved with the background and left only spray, are the gap filling's
+to replace). After
 it, each frame's mask is re-voted by its neighbours' masks carried to it (:func:`tracked_vote`:
 what one frame's evidence missed or added), and its outline is decided by colour within a band
 of its size (:func:`refine_outline`, GrabCut). When the result holds no object (less than
@@ -64,6 +78,7 @@ class PairModel:
     planes: list[np.ndarray]  # [3, 3] homographies, frame t -> frame t + 1 pixels
     residual: np.ndarray  # float32 [H, W] pixels
     threshold: float  # residual above which a pixel is foreground evidence
+    layer: np.ndarray | None = None  # bool [H, W]: pixels the object layer explains and the planes do not
 
 
 def plane_residual(hom: np.ndarray, flow: np.ndarray) -> np.ndarray:
@@ -160,7 +175,39 @@ def background_planes(flow: np.ndarray, valid: np.ndarray, config: SegmentationC
         planes = [np.eye(3)]
         best = plane_residual(planes[0], flow)
     noise = float(np.median(best[ys, xs]))
-    return PairModel(planes, best, max(threshold_px, config.noise_factor * noise))
+    layer = object_layer(flow, src, dst, xs, ys, best, config) if config.object_layer else None
+    return PairModel(planes, best, max(threshold_px, config.noise_factor * noise), layer)
+
+
+def object_layer(flow: np.ndarray, src: np.ndarray, dst: np.ndarray, xs: np.ndarray, ys: np.ndarray,
+                 best: np.ndarray, config: SegmentationConfig) -> np.ndarray | None:
+    """bool [H, W]: the pixels of a second, compact motion layer (the object), or None when there is none.
+
+    The samples (src, dst: float32 [N, 2] pixels at grid positions xs, ys) the background planes
+    (``best``: their residual [H, W]) leave by more than ``object_ransac_px`` get one RANSAC
+    affine; it is the object's motion when it explains ``object_min_fraction`` of all samples and
+    its inliers do not span the frame (:func:`spans_frame`). Its pixels are those of the flow
+    [H, W, 2] it explains within ``object_ransac_px`` while the planes miss them by twice that.
+    An object the camera carries (a selfie-stick shot) moves little in the image while the
+    background sweeps; its own residual to the planes is then large but not above a threshold
+    inflated by the object itself, and one coherent motion finds it whole.
+    """
+    h, w = flow.shape[:2]
+    tol = config.object_ransac_px
+    rest = best[ys, xs] > tol
+    if rest.sum() < max(16, config.object_min_fraction * len(src)):
+        return None
+    affine, _ = cv2.estimateAffine2D(src[rest], dst[rest], method=cv2.RANSAC, ransacReprojThreshold=tol,
+                                     maxIters=2000, confidence=0.995)
+    if affine is None:
+        return None
+    hom = np.vstack([affine, [0.0, 0.0, 1.0]])
+    residual = plane_residual(hom, flow)
+    members = rest & (residual[ys, xs] <= tol)
+    if members.mean() < config.object_min_fraction or spans_frame(xs, ys, members, w, h, config.border_band,
+                                                                   config.border_cover):
+        return None
+    return (residual <= tol) & (best > 2.0 * tol)
 
 
 def persistent(masks: np.ndarray, radius: int, reach_px: float, fraction: float, overlap: float = 0.3
@@ -217,14 +264,30 @@ def drop_small(mask: np.ndarray, min_pixels: int) -> np.ndarray:
 def frame_evidence(flow: np.ndarray, valid: np.ndarray, config: SegmentationConfig, threshold_px: float,
                    grey_a: np.ndarray | None = None, grey_b: np.ndarray | None = None) -> np.ndarray:
     """bool [H, W]: pixels of frame a whose flow to frame b [H, W, 2] the background planes do not explain."""
+    evidence, layer = pair_evidence(flow, valid, config, threshold_px, grey_a, grey_b)
+    return evidence | layer
+
+
+def pair_evidence(flow: np.ndarray, valid: np.ndarray, config: SegmentationConfig, threshold_px: float,
+                  grey_a: np.ndarray | None = None, grey_b: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(residual evidence, object-layer evidence), bool [H, W] each, of frame a (see :func:`frame_evidence`)."""
     if grey_a is None or grey_b is None:
         model = background_planes(flow, valid, config, threshold_px)
-        return model.residual > model.threshold
+        return model.residual > model.threshold, np.zeros(flow.shape[:2], bool)
     grad = gradient_magnitude(grey_a)
     textured = grad >= config.texture_min
     model = background_planes(flow, valid & textured, config, threshold_px)
     # flow in flat areas (sky, snow, a plain wall) is interpolated from their edges: no evidence there
     evidence = (model.residual > model.threshold) & textured
+    layer = np.zeros(grey_a.shape, bool)
+    if model.layer is not None:
+        # its textured pixels, closed over the flat parts between them (a jacket's plain cloth), but not beyond
+        # the layer itself (the flow of flat background next to it is interpolated from it)
+        size = max(3, int(round(min(grey_a.shape) * config.object_close)) | 1)
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+        layer = (cv2.morphologyEx((model.layer & textured).astype(np.uint8), cv2.MORPH_CLOSE, kernel) > 0) \
+            & model.layer
     # per pixel (a box mean would grow the object by its radius)
     by_planes, by_flow = photometric_errors(grey_a, grey_b, flow, model.planes)
     # colour the planes mispredict by more than a misregistration explains (error ~ gradient x shift) is
@@ -232,7 +295,8 @@ def frame_evidence(flow: np.ndarray, valid: np.ndarray, config: SegmentationConf
     floor = max(config.photometric_min, config.noise_factor * float(np.median(by_planes)))
     unexplained = by_planes > np.maximum(floor, config.misregistration_px * grad)
     # ... and only pixels the planes do not predict better than their own flow stay
-    return (evidence | unexplained) & (by_planes + config.photometric_margin >= by_flow)
+    keep = by_planes + config.photometric_margin >= by_flow
+    return (evidence | unexplained) & keep, layer & keep
 
 
 def segment(forward: np.ndarray, backward: np.ndarray, forward_valid: np.ndarray, backward_valid: np.ndarray,
@@ -254,11 +318,13 @@ def segment(forward: np.ndarray, backward: np.ndarray, forward_valid: np.ndarray
         # one neighbour only, so only the object itself is evidence both ways (end frames: one way)
         ways = []
         if t < n:
-            ways.append(frame_evidence(forward[t], forward_valid[t], config, threshold_px, grey[t], grey[t + 1]))
+            ways.append(pair_evidence(forward[t], forward_valid[t], config, threshold_px, grey[t], grey[t + 1]))
         if t > 0:
-            ways.append(frame_evidence(backward[t - 1], backward_valid[t - 1], config, threshold_px,
-                                       grey[t], grey[t - 1]))
-        evidence.append(np.logical_and.reduce(ways))
+            ways.append(pair_evidence(backward[t - 1], backward_valid[t - 1], config, threshold_px,
+                                      grey[t], grey[t - 1]))
+        # the object layer is one coherent motion, not an occlusion strip: either way is enough
+        evidence.append(np.logical_and.reduce([e | layer for e, layer in ways])
+                        | np.logical_or.reduce([layer for _, layer in ways]))
     size = max(3, int(round(min(h, w) / 40)) | 1)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
     cleaned = np.stack([cv2.morphologyEx(cv2.morphologyEx(e.astype(np.uint8), cv2.MORPH_OPEN, kernel),
@@ -363,12 +429,16 @@ def check_tracked(masks: np.ndarray, forward: list[np.ndarray | None], config: S
     frame's mask (``track_overlap`` of the smaller of the two, :func:`track_agreement`).
     Flicker the background planes leave — snow spray, glints, noise on a flat surface — comes
     and goes in scattered places and does not: when
-    fewer than ``min_tracked`` of the pairs (among those where both frames hold a mask of
-    plausible size) agree, the masks are not an object. Judged on the motion evidence before
+    fewer than ``min_tracked`` of the pairs (among those where both frames hold a mask of at
+    least ``min_object_fraction`` of the frame and ``track_min_area`` x the median area of the
+    non-empty masks) agree, the masks are not an object. A frame whose object moved with the
+    background leaves only scraps (spray) there; the gap filling replaces those. Judged on the motion evidence before
     the gap filling (which carries masks by this tracker and so agrees with it by design).
     """
     fractions = masks.reshape(len(masks), -1).mean(1)
-    both = (fractions[:-1] >= config.min_object_fraction) & (fractions[1:] >= config.min_object_fraction)
+    usual = float(np.median(fractions[fractions > 0])) if (fractions > 0).any() else 0.0
+    sized = fractions >= max(config.min_object_fraction, config.track_min_area * usual)
+    both = sized[:-1] & sized[1:]
     if not both.any():
         return
     agree = track_agreement(masks, forward)[both] >= config.track_overlap
