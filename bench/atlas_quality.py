@@ -4,7 +4,7 @@
                                   [--clips landscape]
     python -m bench.atlas_quality --video car-turn.mp4 [--mask first_frame_mask.png] [--size 384 | 768x432]
                                   [--frames 70] [--iterations 3000] [--segment-only] [--json OUT]
-                                  [--device cuda] [--time-limit SECONDS]
+                                  [--device cuda] [--time-limit SECONDS] [--segmentation KEY=VALUE ...]
 
 ``--sample`` fits the project's three synthetic sample clips (square, landscape, portrait,
 fitted inside ``--size``) at each stride, without masks (the default motion segmentation),
@@ -36,11 +36,12 @@ import time
 import cv2
 import numpy as np
 import torch
+import yaml
 
 from pipeline import media
 from pipeline.config import from_dict
 from stages.atlas.artifacts import AtlasFit
-from stages.atlas.config import AtlasConfig
+from stages.atlas.config import AtlasConfig, SegmentationConfig
 from stages.atlas.fit import FitData, fit_atlas
 from stages.atlas.flow import dense_flow
 from stages.atlas.masks import decode_mask_image, fit_mask, layer_motions, motion_masks, propagate
@@ -192,13 +193,14 @@ def sample_runs(size: int, frames_n: int, strides: list[int], iterations: int, b
 def video_run(path: str, mask_path: str | None, size: int | tuple[int, int], frames_n: int, stride: int,
               iterations: int, batch: int | None, segment_only: bool, preset: str = "demo",
               device: torch.device | None = None, time_limit_s: float | None = None,
-              deadline: float | None = None) -> dict:
+              deadline: float | None = None, segmentation: SegmentationConfig | None = None) -> dict:
     """Segment (the default path: no mask) and fit one real clip; the row of figures.
 
     size: an int (fit inside a square) or (width, height); device: where the fit runs (CPU by default);
     time_limit_s: seconds of fitting after which the fit stops early (its ``iterations_done`` say so);
     deadline: a ``time.perf_counter()`` time by which the fit stops (decoding, flow and segmentation
-    included), ``EVALUATION_RESERVE_S`` before it.
+    included), ``EVALUATION_RESERVE_S`` before it; segmentation: the motion segmentation's settings
+    (None: the defaults).
     """
     width, height = (size, size) if isinstance(size, int) else size
     frames, _, _ = media.decode(path, media.DecodeOptions(max_frames=frames_n, stride=stride, width=width,
@@ -208,7 +210,7 @@ def video_run(path: str, mask_path: str | None, size: int | tuple[int, int], fra
     flow = dense_flow(frames)
     row: dict = {"clip": os.path.basename(path), "shape": [t, h, w], "iterations": iterations, "stride": stride}
     try:
-        masks = motion_masks(flow, frames=frames)
+        masks = motion_masks(flow, config=segmentation, frames=frames)
         row["segmentation"] = "motion"
     except ValueError as exc:  # NoObjectError: reported, then the fit uses no bootstrap mask
         row["segmentation"] = f"{type(exc).__name__}: {exc}"
@@ -273,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
                              "budget: the stage's default networks and batch, phases scaled to --iterations")
     parser.add_argument("--device", default="cpu", help="where the fits run (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--time-limit", type=float, help="--video: stop the fit after this many seconds of fitting")
+    parser.add_argument("--segmentation", nargs="+", metavar="KEY=VALUE", default=[],
+                        help="--video: motion segmentation settings (SegmentationConfig fields), e.g. "
+                             "object_layer=true track_min_area=0.5")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     try:
@@ -283,13 +288,20 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if not args.sample and not args.video:
         parser.error("give --sample or --video")
+    try:
+        segmentation = from_dict(SegmentationConfig, {k: yaml.safe_load(v) for k, v in
+                                                      (item.split("=", 1) for item in args.segmentation)},
+                                 "settings") if args.segmentation else None
+    except ValueError as exc:
+        parser.error(f"--segmentation: {exc}")
     if args.sample and size[0] != size[1]:
         parser.error("--sample takes --size N (each clip is fitted inside N x N)")
     result = {"sample": sample_runs(size[0], args.frames, args.strides, args.iterations, args.batch, args.preset,
                                      args.clips)} \
         if args.sample else {"video": video_run(args.video, args.mask, size, args.frames, args.stride,
                                                 args.iterations, args.batch, args.segment_only, args.preset,
-                                                torch.device(args.device), args.time_limit)}
+                                                torch.device(args.device), args.time_limit,
+                                                segmentation=segmentation)}
     for row in result.get("sample", []) + ([result["video"]] if "video" in result else []):
         print(json.dumps(summary(row)))
     if args.json:
