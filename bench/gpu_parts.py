@@ -107,7 +107,7 @@ def _atlas_clip(smoke: bool, video: str | None) -> tuple[np.ndarray, str]:
     from jobs.sample_data import generate_sample
 
     if smoke:
-        return generate_sample(64, 64, 4, 12.0, 0).frames, "synthetic 64x64x4"
+        return generate_sample(96, 96, 6, 12.0, 0).frames, "synthetic 96x96x6"
     if video:
         from pipeline import media
 
@@ -160,7 +160,7 @@ def atlas(smoke: bool, options: dict, report) -> dict:
     t, h, w = frames.shape[:3]
     device = resolve_device("auto", float(cuda_available()), "gpu_check.atlas")
     flow = dense_flow(frames)
-    masks, source = row_masks({}, flow, (t, h, w), "auto", 1.0)
+    masks, source = row_masks({}, flow, (t, h, w), "auto", 1.0, frames=frames)  # the stage's default path
     data = FitData.build(frames, masks, flow, device, np.stack(layer_motions(flow, masks)))
     pixels = np.sort(np.random.default_rng(0).choice(h * w, min(h * w, 23040), replace=False))
     small = {"batch_pixels": 256, "atlas_resolution": 32,
