@@ -16,9 +16,10 @@ of the fitted alpha against it at frame 0. Every fit then gets an ``atlas_edit``
 the default placement and, per frame, the distance between the pasted overlay's centroid and
 the foreground's (alpha > 0.5), in pixels and as a fraction of the foreground's equivalent
 diameter, and the share of the overlay's pixels that lie on the foreground. ``--segment-only``
-stops after the segmentation (no fit); ``--time-limit`` stops the fit after that many seconds of
-fitting and reports how many iterations it reached (the GPU check's ``atlas_clips`` part uses
-it). ``--preset demo`` (default) fits with jobs/configs/atlas_edit.yaml's grid, its phases scaled to ``--iterations``;
+stops after the segmentation (no fit); ``--time-limit`` bounds the whole run in seconds: the
+fit stops in time to be evaluated and reports how many iterations it reached (the GPU check's
+``atlas_clips`` part gives each clip such a deadline). ``--preset demo`` (default) fits with
+jobs/configs/atlas_edit.yaml's grid, its phases scaled to ``--iterations``;
 ``--preset production`` with the stage's defaults; ``--preset budget`` with the stage's default
 networks and batch but the phases (global rigidity, alpha bootstrap) scaled to ``--iterations``
 like the demo's, for a fixed short budget. The iteration count is always stated.
@@ -192,14 +193,14 @@ def sample_runs(size: int, frames_n: int, strides: list[int], iterations: int, b
 
 def video_run(path: str, mask_path: str | None, size: int | tuple[int, int], frames_n: int, stride: int,
               iterations: int, batch: int | None, segment_only: bool, preset: str = "demo",
-              device: torch.device | None = None, time_limit_s: float | None = None,
-              deadline: float | None = None, segmentation: SegmentationConfig | None = None) -> dict:
+              device: torch.device | None = None, deadline: float | None = None,
+              segmentation: SegmentationConfig | None = None) -> dict:
     """Segment (the default path: no mask) and fit one real clip; the row of figures.
 
     size: an int (fit inside a square) or (width, height); device: where the fit runs (CPU by default);
-    time_limit_s: seconds of fitting after which the fit stops early (its ``iterations_done`` say so);
-    deadline: a ``time.perf_counter()`` time by which the fit stops (decoding, flow and segmentation
-    included), ``EVALUATION_RESERVE_S`` before it; segmentation: the motion segmentation's settings
+    deadline: a ``time.perf_counter()`` time by which the clip's run ends (decoding, flow and
+    segmentation included): the fit stops ``EVALUATION_RESERVE_S`` before it (its ``iterations_done``
+    say how far it got); segmentation: the motion segmentation's settings
     (None: the defaults).
     """
     width, height = (size, size) if isinstance(size, int) else size
@@ -226,10 +227,8 @@ def video_run(path: str, mask_path: str | None, size: int | tuple[int, int], fra
     log.info("%s: %s", row["clip"], {k: v for k, v in row.items() if k != "clip"})
     if segment_only or masks is None:
         return row
-    if deadline is not None:
-        left = max(1.0, deadline - time.perf_counter() - EVALUATION_RESERVE_S)
-        time_limit_s = left if time_limit_s is None else min(time_limit_s, left)
-    fit = fit_clip(frames, masks, flow, config_for(iterations, batch, preset), device, time_limit_s)
+    limit = None if deadline is None else max(1.0, deadline - time.perf_counter() - EVALUATION_RESERVE_S)
+    fit = fit_clip(frames, masks, flow, config_for(iterations, batch, preset), device, limit)
     row.update(psnr_mean_db=float(np.mean(fit["psnr"])), psnr_min_db=float(np.min(fit["psnr"])),
                fit_seconds=fit["seconds"], iterations_done=fit["iterations"])
     try:
@@ -274,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
                              "production: the stage's defaults (paper phases) with --iterations/--batch; "
                              "budget: the stage's default networks and batch, phases scaled to --iterations")
     parser.add_argument("--device", default="cpu", help="where the fits run (cpu, cuda, cuda:1, ...)")
-    parser.add_argument("--time-limit", type=float, help="--video: stop the fit after this many seconds of fitting")
+    parser.add_argument("--time-limit", type=float,
+                        help="--video: seconds for the whole run (decoding, flow, segmentation, fit); the fit stops "
+                             "in time to be evaluated")
     parser.add_argument("--segmentation", nargs="+", metavar="KEY=VALUE", default=[],
                         help="--video: motion segmentation settings (SegmentationConfig fields), e.g. "
                              "object_layer=true track_min_area=0.5")
@@ -294,14 +295,14 @@ def main(argv: list[str] | None = None) -> int:
                                  "settings") if args.segmentation else None
     except ValueError as exc:
         parser.error(f"--segmentation: {exc}")
+    deadline = None if args.time_limit is None else time.perf_counter() + args.time_limit
     if args.sample and size[0] != size[1]:
         parser.error("--sample takes --size N (each clip is fitted inside N x N)")
     result = {"sample": sample_runs(size[0], args.frames, args.strides, args.iterations, args.batch, args.preset,
                                      args.clips)} \
         if args.sample else {"video": video_run(args.video, args.mask, size, args.frames, args.stride,
                                                 args.iterations, args.batch, args.segment_only, args.preset,
-                                                torch.device(args.device), args.time_limit,
-                                                segmentation=segmentation)}
+                                                torch.device(args.device), deadline, segmentation)}
     for row in result.get("sample", []) + ([result["video"]] if "video" in result else []):
         print(json.dumps(summary(row)))
     if args.json:

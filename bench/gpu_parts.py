@@ -207,7 +207,6 @@ def atlas_clips(smoke: bool, options: dict, report) -> dict:
     seconds to 3,000, and how the default atlas_edit overlay follows the object (share of its
     pixels on the alpha, per frame: worst and mean). Smoke mode fits a tiny synthetic clip.
     """
-    from bench.atlas_quality import summary, video_run
     from pipeline.devices import cuda_available, resolve_device
 
     device = resolve_device("auto", float(cuda_available()), "gpu_check.atlas_clips")
@@ -216,9 +215,17 @@ def atlas_clips(smoke: bool, options: dict, report) -> dict:
         from jobs.sample_data import generate_sample
         from pipeline import media
 
-        path = os.path.join(tempfile.mkdtemp(prefix="vidflow-gpu-check-"), "sample.mp4")
-        media.encode(generate_sample(96, 96, 6, 12.0, 0).frames, path, 12.0)
-        clips = [path]
+        with tempfile.TemporaryDirectory(prefix="vidflow-gpu-check-") as tmp:
+            path = os.path.join(tmp, "sample.mp4")
+            media.encode(generate_sample(96, 96, 6, 12.0, 0).frames, path, 12.0)
+            return _fit_clips([path], True, device, options, report)
+    return _fit_clips(clips, False, device, options, report)
+
+
+def _fit_clips(clips: list[str], smoke: bool, device, options: dict, report) -> dict:
+    """:func:`atlas_clips` for the clip paths given (smoke: tiny sizes and the demo grid)."""
+    from bench.atlas_quality import summary, video_run
+
     size, frames_n, iterations = ((96, 96), 6, 40) if smoke else ((768, 432), 70, CLIP_ITERATIONS)
     # smoke: the demo's small hash grid (the default grid's Adam step alone takes ~1 s on the CPU)
     batch, preset = (512, "demo") if smoke else (None, "budget")
@@ -236,7 +243,7 @@ def atlas_clips(smoke: bool, options: dict, report) -> dict:
         name = os.path.basename(path)
         try:
             row = video_run(path, None, size, frames_n, 1, iterations, batch, False, preset, device,
-                            deadline=None if smoke else clip_start + share)
+                            None if smoke else clip_start + share)
         except Exception as exc:  # noqa: BLE001 - a clip that cannot be read is that clip's row
             out["clips"][name] = {"error": f"{type(exc).__name__}: {exc}"}
             report(out)

@@ -36,15 +36,19 @@ TEST_ATLAS = {
 PSNR_FLOOR_DB = 26.0
 
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("atlas-sample"))
+def sample_clip(out: str) -> dict:
+    """One 64x64 synthetic atlas_edit sample written under ``out``: its paths and ground truth."""
     make_sample(out, count=1, seed=3, method="atlas_edit", sizes=["64x64"])
     name = sorted(d for d in os.listdir(out) if os.path.isdir(os.path.join(out, d)))[0]
     base = os.path.join(out, name)
     return {"dir": base, "video": os.path.join(base, "video.mp4"), "mask": os.path.join(base, "mask.png"),
             "overlay": os.path.join(base, "overlay.png"), "gt": load_gt(os.path.join(base, "gt.npz")),
             "root": out}
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return sample_clip(str(tmp_path_factory.mktemp("atlas-sample")))
 
 
 def context(root: str) -> RunContext:

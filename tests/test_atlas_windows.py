@@ -16,24 +16,18 @@ import cv2
 import numpy as np
 import pytest
 
-from jobs.make_sample import load_gt, make_sample
 from pipeline import storage
 from pipeline.config import ConfigError, from_dict
-from pipeline.stage import RunContext, run_stage
+from pipeline.stage import run_stage
 from stages.atlas import AtlasConfig, AtlasStage, artifacts
 from stages.atlas.stage import AtlasLimitError, window_plan
 from stages.atlas.windows import blend, crossfade_weights, plan_windows
 from stages.decode import DecodeConfig, DecodeStage
 from stages.edit.atlas_edit import AtlasEditConfig, AtlasEditStage
+from tests.test_atlas import PSNR_FLOOR_DB, TEST_ATLAS, context, sample_clip
 
 STRIDE, FRAMES = 2, 18
-TEST_ATLAS = {
-    "iterations": 500, "batch_pixels": 1024, "atlas_resolution": 128, "previews": True,
-    "hash": {"levels": 8, "log2_table_size": 14, "hidden": 32, "layers": 1, "mapping_levels": 3},
-    "schedule": {"global_rigidity_until": 100, "bootstrap_until": 250},
-}
 WINDOWED = {**TEST_ATLAS, "max_frames": 11, "window_overlap": 4}  # 18 frames -> [0, 11) and [7, 18)
-PSNR_FLOOR_DB = 26.0  # as tests/test_atlas.py: far above a blur of the clip, below the fit's spread
 # measured: one fit 33.3 dB, two windows cross-faded 34.8 dB (each window has its own 500 iterations)
 WINDOW_LOSS_DB = 1.5  # the cross-faded windows may lose at most this much against one fit
 
@@ -105,16 +99,7 @@ def test_window_plan_limits_and_config():
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("atlas-windows"))
-    make_sample(out, count=1, seed=3, method="atlas_edit", sizes=["64x64"])
-    name = sorted(d for d in os.listdir(out) if os.path.isdir(os.path.join(out, d)))[0]
-    base = os.path.join(out, name)
-    return {"video": os.path.join(base, "video.mp4"), "mask": os.path.join(base, "mask.png"),
-            "overlay": os.path.join(base, "overlay.png"), "gt": load_gt(os.path.join(base, "gt.npz")), "root": out}
-
-
-def context(root: str) -> RunContext:
-    return RunContext(output_url=os.path.join(root, "out"), cache_url=os.path.join(root, "cache"))
+    return sample_clip(str(tmp_path_factory.mktemp("atlas-windows")))
 
 
 def decoded(clip, ctx) -> dict:

@@ -34,6 +34,7 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.storage import StorageOptions
+from stages.atlas.windows import blend
 
 META = "meta.json"
 RECONSTRUCTION = "reconstruction.npz"
@@ -123,18 +124,6 @@ def load_fit(directory: str, options: StorageOptions | None = None) -> AtlasFit:
     return AtlasFit(fg, bg, uv_fg, uv_bg, alpha, meta)
 
 
-def is_windowed(directory: str, options: StorageOptions | None = None) -> bool:
-    """True when the complete fit at ``directory`` is a long clip's windows."""
-    return "windows" in read_meta(directory, options)
-
-
-def window_plan(meta: dict) -> list[tuple[int, int]]:
-    """The ``[(start, stop), ...]`` windows of a fit's meta (one window for a single fit)."""
-    if "windows" in meta:
-        return [(int(w["start"]), int(w["stop"])) for w in meta["windows"]]
-    return [(0, int(meta["shape"][0]))]
-
-
 def load_windows(directory: str, options: StorageOptions | None = None) -> list[WindowFit]:
     """Every window of a fit, in frame order; a single fit is one window over the whole clip."""
     if not is_complete(directory, options):
@@ -155,13 +144,11 @@ def _maps_alpha(directory: str, options: StorageOptions | None) -> np.ndarray:
 
 def load_alpha(directory: str, options: StorageOptions | None = None) -> np.ndarray:
     """float32 [T, H, W] alpha of a fit; a windowed fit's windows cross-faded (linear ramps over overlaps)."""
-    from stages.atlas.windows import blend
-
     meta = read_meta(directory, options) if is_complete(directory, options) else {}
     if "windows" not in meta:
         return _maps_alpha(directory, options)
     parts = [_maps_alpha(url(directory, w["dir"]), options) for w in meta["windows"]]
-    return blend(parts, window_plan(meta), int(meta["shape"][0]))
+    return blend(parts, [(int(w["start"]), int(w["stop"])) for w in meta["windows"]], int(meta["shape"][0]))
 
 
 def encode_reconstruction(rgb: np.ndarray) -> bytes:

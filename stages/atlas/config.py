@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pipeline.config import ConfigError, Resources
+from stages.atlas.windows import default_overlap
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,7 @@ class AtlasConfig:
         """Frames neighbouring windows share (``window_overlap``, else 8 capped at a third of a window)."""
         if self.window_overlap is not None:
             return self.window_overlap
-        return max(1, min(8, self.frames_per_window // 3))
+        return default_overlap(self.frames_per_window)
 
     @property
     def total_iterations(self) -> int:

@@ -37,7 +37,7 @@ from stages.atlas.fit import FitData, fit_atlas
 from stages.atlas.flow import FlowField, dense_flow
 from stages.atlas.masks import layer_motions, row_masks
 from stages.atlas.render import atlas_image, coverage, evaluate, frame_psnr
-from stages.atlas.windows import blend, plan_windows
+from stages.atlas.windows import blend, default_overlap, plan_windows
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +65,12 @@ def fit_key(config: AtlasConfig, frames: np.ndarray, mask_digest: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def check_limits(frames: np.ndarray | tuple[int, ...], config: AtlasConfig) -> None:
-    """Refuse clips (frames [T, H, W, 3] or their shape) over the frame or pixel budget, or too short to fit.
+def check_limits(shape: tuple[int, ...], config: AtlasConfig) -> None:
+    """Refuse a clip of ``shape`` (T, H, W, ...) over the frame or pixel budget, or too short to fit.
 
     AtlasLimitError; this is ``long_clips: refuse`` (see :func:`window_plan`).
     """
-    t, h, w = (frames.shape if isinstance(frames, np.ndarray) else tuple(frames))[:3]
+    t, h, w = shape[:3]
     if t < 2:
         raise AtlasLimitError(f"an atlas needs at least 2 frames, the video has {t}")
     if t > config.max_frames:
@@ -92,18 +92,16 @@ def window_plan(shape: tuple[int, ...], config: AtlasConfig) -> list[tuple[int, 
     few frames for its overlaps.
     """
     t, h, w = shape[:3]
-    if t < 2:
-        raise AtlasLimitError(f"an atlas needs at least 2 frames, the video has {t}")
+    if t < 2 or config.long_clips == "refuse":
+        check_limits(shape, config)  # too short, or (refuse) over a limit: AtlasLimitError
     if t <= config.max_frames and t * h * w <= config.max_pixels:
         return None
-    if config.long_clips == "refuse":
-        check_limits((t, h, w), config)
     per_window = min(config.frames_per_window, config.max_pixels // (h * w))
     if per_window < 2:
         raise AtlasLimitError(f"two {w}x{h} frames are {2 * h * w} pixels, more than atlas.max_pixels="
                               f"{config.max_pixels} (the budget of one window); lower decode.width/height "
                               "or raise the budget")
-    overlap = config.window_overlap or max(1, min(8, per_window // 3))
+    overlap = config.window_overlap or default_overlap(per_window)
     if 2 * overlap > per_window:
         raise AtlasLimitError(f"at {w}x{h} atlas.max_pixels={config.max_pixels} allows {per_window} frames per "
                               f"window, fewer than 2 x atlas.window_overlap ({overlap}); lower decode.width/height, "
@@ -240,14 +238,7 @@ class AtlasStage(Stage):
         storage.write_bytes(artifacts.url(directory, "psnr.json"), json.dumps(
             {"per_frame_db": psnr, "mean_db": float(np.mean(psnr)),
              "windows_db": [win["psnr_mean"] for win in windows]}).encode(), options)
-        names = []
-        if self.config.previews:
-            matte = np.repeat(np.round(alpha * 255).astype(np.uint8)[..., None], 3, -1)
-            previews.write_animation(matte, artifacts.url(directory, "previews/alpha.gif"), fps, options=options)
-            previews.write_animation(previews.side_by_side(frames, recon),
-                                     artifacts.url(directory, "previews/reconstruction.gif"), fps, width=512,
-                                     options=options)
-            names = ["alpha.gif", "reconstruction.gif"]
+        names = self.write_clip_previews(directory, frames, recon, alpha, fps) if self.config.previews else []
         cfg = self.config
         meta = {"shape": [t, h, w], "psnr_mean": float(np.mean(psnr)), "psnr_min": float(np.min(psnr)),
                 "mask_source": sources[0], "windows": windows, "fit_seconds": round(fit_seconds, 2),
@@ -314,13 +305,20 @@ class AtlasStage(Stage):
         both = np.concatenate([dim(fg_img, fg_cov), np.full((fg_img.shape[0], 4, 3), 255, np.uint8),
                                dim(bg_img, bg_cov)], 1)
         previews.write_png(both, artifacts.url(directory, "previews/atlases.png"), options)
-        matte = np.repeat(np.round(ev["alpha"] * 255).astype(np.uint8)[..., None], 3, -1)
-        previews.write_animation(matte, artifacts.url(directory, "previews/alpha.gif"), fps, options=options)
         recon = np.round(ev["rgb"] * 255).astype(np.uint8)
+        return ["atlases.png", *self.write_clip_previews(directory, frames, recon, ev["alpha"], fps)]
+
+    def write_clip_previews(self, directory: str, frames: np.ndarray, recon: np.ndarray, alpha: np.ndarray,
+                            fps: float) -> list[str]:
+        """``previews/alpha.gif`` (alpha [T, H, W] in [0, 1]) and ``previews/reconstruction.gif`` (frames beside
+        their reconstruction, uint8 [T, H, W, 3] each); their names."""
+        options = self.context.storage
+        matte = np.repeat(np.round(alpha * 255).astype(np.uint8)[..., None], 3, -1)
+        previews.write_animation(matte, artifacts.url(directory, "previews/alpha.gif"), fps, options=options)
         previews.write_animation(previews.side_by_side(frames, recon),
                                  artifacts.url(directory, "previews/reconstruction.gif"), fps, width=512,
                                  options=options)
-        return ["atlases.png", "alpha.gif", "reconstruction.gif"]
+        return ["alpha.gif", "reconstruction.gif"]
 
 
 def slice_flow(flow: FlowField, start: int, stop: int) -> FlowField:

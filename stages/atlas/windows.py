@@ -38,6 +38,11 @@ def plan_windows(num_frames: int, window: int, overlap: int) -> list[tuple[int, 
     return plan
 
 
+def default_overlap(window: int) -> int:
+    """Frames two neighbouring windows of at most ``window`` frames share when none is set: 8, at most a third."""
+    return max(1, min(8, window // 3))
+
+
 def crossfade_weights(plan: list[tuple[int, int]], num_frames: int) -> np.ndarray:
     """float32 [W, T] blending weights of the windows of ``plan`` per frame; each column sums to 1.
 

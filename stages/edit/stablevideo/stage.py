@@ -21,7 +21,7 @@ import torch
 
 from pipeline import previews, storage
 from pipeline.stage import add_output
-from stages.atlas.artifacts import is_complete, load_fit, read_meta
+from stages.atlas.artifacts import AtlasFit, WindowedFitError, load_fit, read_meta
 from stages.atlas.render import render_frames
 from stages.edit.base import RowFieldError
 from stages.edit.diffusion.base import DiffusionEditStage
@@ -43,23 +43,23 @@ def full_prompt(prompt: str, added: str) -> str:
     return f"{prompt}, {added}" if added.strip() else prompt
 
 
-def check_single_fit(atlas_dir: str, options: Any = None) -> None:
-    """RowFieldError when the fit at ``atlas_dir`` is a long clip's overlapping windows.
+def load_single_fit(atlas_dir: str, options: Any = None) -> AtlasFit:
+    """The one atlas fit at ``atlas_dir``; RowFieldError when it is a long clip's overlapping windows.
 
     StableVideo edits one atlas with diffusion; windows fitted separately would each get a
-    different edit, and the video would change at every seam. Checked before any model work.
+    different edit, and the video would change at every seam. Called before any model work.
     """
-    if not is_complete(atlas_dir, options):
-        return  # load_fit names the missing fit
-    windows = read_meta(atlas_dir, options).get("windows")
-    if windows:
-        spans = ", ".join(f"{w['start']}-{w['stop'] - 1}" for w in windows)
-        raise RowFieldError(
-            f"method 'stablevideo' needs one atlas of the whole clip, but the clip was fitted in {len(windows)} "
-            f"overlapping windows (frames {spans}), which "
-            "diffusion would edit differently; decode fewer frames (decode.max_frames, decode.stride) or smaller "
-            "frames so one fit holds the clip, or raise atlas.max_frames/max_pixels (atlas.long_clips: refuse "
-            "makes such rows fail in the atlas stage instead)")
+    try:
+        return load_fit(atlas_dir, options)
+    except WindowedFitError:
+        windows = read_meta(atlas_dir, options)["windows"]
+    spans = ", ".join(f"{w['start']}-{w['stop'] - 1}" for w in windows)
+    raise RowFieldError(
+        f"method 'stablevideo' needs one atlas of the whole clip, but the clip was fitted in {len(windows)} "
+        f"overlapping windows (frames {spans}), which "
+        "diffusion would edit differently; decode fewer frames (decode.max_frames, decode.stride) or smaller "
+        "frames so one fit holds the clip, or raise atlas.max_frames/max_pixels (atlas.long_clips: refuse "
+        "makes such rows fail in the atlas stage instead)")
 
 
 def load_coverage(atlas_dir: str, options: Any = None) -> tuple[np.ndarray, np.ndarray]:
@@ -199,8 +199,7 @@ class StableVideoStage(DiffusionEditStage):
         atlas_dir = row.get("atlas_dir")
         if not isinstance(atlas_dir, str) or not atlas_dir:
             raise RowFieldError("method 'stablevideo' needs the atlas stage's 'atlas_dir' on the row")
-        check_single_fit(atlas_dir, self.context.storage)
-        fit = load_fit(atlas_dir, self.context.storage)
+        fit = load_single_fit(atlas_dir, self.context.storage)
         if fit.alpha.shape != frames.shape[:3]:
             raise ValueError(f"atlas fit at {atlas_dir} is for {fit.alpha.shape} frames, "
                              f"the row has {frames.shape[:3]}")
